@@ -1,0 +1,160 @@
+"""The params.yaml schema, loading and validation, in one place.
+
+Every knob of the pipeline lives in params.yaml; stages read their sections through
+`load_params`, which fails fast on unknown keys, wrong types and impossible values with a
+message naming the key (e.g. ``train.batch_size: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPLITS = ("train", "dev", "test")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    """Where the data set is and how it is laid out."""
+
+    root: str = "data/raw/scenes"
+    layout: Literal["auto", "flickr8k", "kaggle", "karpathy"] = "auto"
+    seed: int = 0  # only for layouts without split files (Kaggle)
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class ScenesParams(_Section):
+    """The embedded, generated data set."""
+
+    n_images: int = Field(1000, gt=0)
+    image_size: int = Field(128, ge=32, le=1024)
+    seed: int = 0
+    split_fractions: dict[str, float] = {"train": 0.7, "dev": 0.15, "test": 0.15}
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; use {list(SPLITS)}")
+        if any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError("fractions must be >= 0 and sum to 1")
+        return v
+
+
+class TextParams(_Section):
+    """Caption cleaning and the vocabulary."""
+
+    min_count: int = Field(1, ge=1)
+    max_words: int = Field(40, gt=0)  # longer cleaned captions are truncated (counted)
+
+
+class FeaturesParams(_Section):
+    """The pre-trained CNN that turns an image into a feature vector."""
+
+    backbone: Literal["efficientnet_lite0", "vgg16"] = "efficientnet_lite0"
+    weights: str = "imagenet"  # imagenet | none | path to a local weights file (vgg16)
+    batch_size: int = Field(32, gt=0)
+    workers: int = Field(2, gt=0)
+
+
+class SequencesParams(_Section):
+    """Integer encoding of captions."""
+
+    max_length: int = Field(42, ge=3)  # tokens incl. startseq/endseq; longer ones are cut
+
+
+class ModelParams(_Section):
+    """The merge captioner's sizes."""
+
+    kind: Literal["merge"] = "merge"
+    embedding_dim: int = Field(256, gt=0)
+    units: int = Field(256, gt=0)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class TrainParams(_Section):
+    """The fit loop."""
+
+    seed: int = 42
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(64, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(3, ge=1)
+    bucket_width: int = Field(4, ge=1)  # captions of similar length share a batch
+
+
+class EvaluateParams(_Section):
+    """Decoding and scoring."""
+
+    split: Literal["train", "dev", "test"] = "test"
+    beam_width: int = Field(1, ge=1)
+    length_penalty: float = Field(0.0, ge=0.0)  # 0: raw log-prob; alpha in ((5+len)/6)^alpha
+    max_length: int = Field(40, ge=1)  # words generated at most
+    batch_size: int = Field(256, gt=0)
+    gallery_size: int = Field(24, ge=0)
+
+
+class Params(_Section):
+    """All of params.yaml."""
+
+    data: DataParams = DataParams()
+    scenes: ScenesParams = ScenesParams()
+    text: TextParams = TextParams()
+    features: FeaturesParams = FeaturesParams()
+    sequences: SequencesParams = SequencesParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        if self.features.backbone == "efficientnet_lite0" and self.features.weights not in (
+            "imagenet",
+            "none",
+        ):
+            raise ValueError("features.weights: efficientnet_lite0 takes 'imagenet' or 'none'")
+        return self
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the key."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamsError naming the file and key on problems."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{p}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{p}: expected a mapping of sections at the top level")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"  {key}: {msg}")
+        raise ParamsError(f"{p}: invalid parameters\n" + "\n".join(lines)) from None
+    return params
+
+
+def check_data_root(params: Params, base: Path = Path(".")) -> Path:
+    """Return the data root, raising ParamsError when it does not exist."""
+    root = base / params.data.root
+    if not root.exists():
+        raise ParamsError(f"data.root: {root} does not exist")
+    return root

@@ -1,0 +1,56 @@
+"""Captions -> padded integer arrays, and the seed's (prefix -> next word) view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from captioner.io import atomic_path
+from captioner.text import Vocabulary
+
+
+def encode_captions(captions: Sequence[str], vocab: Vocabulary, max_length: int) -> np.ndarray:
+    """(N, max_length) int32 ids, zero-padded at the end; longer captions keep their end marker."""
+    out = np.zeros((len(captions), max_length), dtype=np.int32)
+    for i, caption in enumerate(captions):
+        ids = vocab.encode(caption)
+        if len(ids) > max_length:
+            ids = ids[: max_length - 1] + ids[-1:]
+        out[i, : len(ids)] = ids
+    return out
+
+
+def prefix_pairs(tokens: Sequence[str]) -> list[tuple[list[str], str]]:
+    """The seed's training view: every prefix of a wrapped caption and the word after it.
+
+    >>> prefix_pairs("startseq a cat endseq".split())
+    [(['startseq'], 'a'), (['startseq', 'a'], 'cat'), (['startseq', 'a', 'cat'], 'endseq')]
+    """
+    return [(list(tokens[:i]), tokens[i]) for i in range(1, len(tokens))]
+
+
+def save_sequences(path: str | Path, ids: np.ndarray, image_ids: Sequence[str]) -> None:
+    """Write one split's arrays as an uncompressed .npz (no pickled objects), atomically."""
+    names = np.asarray(list(image_ids), dtype=np.str_)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=ids.astype(np.int32), image_ids=names)
+
+
+def load_sequences(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read (ids, image_ids) written by `save_sequences`; never unpickles."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["ids"], data["image_ids"]
+
+
+def image_rows(image_ids: np.ndarray, feature_ids: Sequence[str], source: str = "features") -> np.ndarray:
+    """Row of each caption's image in the feature matrix; error naming missing images."""
+    where = {img: i for i, img in enumerate(feature_ids)}
+    missing = sorted({str(i) for i in image_ids if i not in where})
+    if missing:
+        raise KeyError(
+            f"{source}: no features for {len(missing)} image(s) with captions, e.g. {missing[:5]}"
+        )
+    return np.array([where[str(i)] for i in image_ids], dtype=np.int64)

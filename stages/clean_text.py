@@ -1,0 +1,51 @@
+"""Stage: parse captions and splits, clean captions, build the vocabulary (JSON)."""
+
+import argparse
+from pathlib import Path
+
+from captioner.datasets import load_dataset
+from captioner.io import atomic_path, write_json
+from captioner.params import check_data_root, load_params
+from captioner.text import build_vocabulary, clean_caption, save_vocabulary, wrap
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="data/text")
+    args = ap.parse_args()
+    params = load_params()
+    data, text = params.data, params.text
+    ds = load_dataset(
+        check_data_root(params), data.layout, seed=data.seed,
+        max_bad_fraction=data.max_bad_fraction,
+    )
+    caps = ds.captions.copy()
+    cleaned = caps["caption"].map(clean_caption)
+    n_long = int((cleaned.str.split().str.len() > text.max_words).sum())
+    caps["caption"] = [wrap(clean_caption(c, text.max_words)) for c in caps["caption"]]
+    n_empty = int((cleaned == "").sum())
+    vocab = build_vocabulary(caps.loc[caps["split"] == "train", "caption"], text.min_count)
+
+    with atomic_path(args.out) as tmp:
+        tmp.mkdir()
+        for split, part in caps.groupby("split", sort=True):
+            cols = ["image_id", "caption_no", "caption"]
+            part[cols].reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
+        save_vocabulary(tmp / "vocab.json", vocab, min_count=text.min_count)
+        report = {
+            "layout": ds.layout,
+            "images": ds.images.groupby("split").size().to_dict(),
+            "captions": caps.groupby("split").size().to_dict(),
+            "vocab_size": len(vocab),
+            "captions_truncated": n_long,
+            "captions_empty_after_cleaning": n_empty,
+            "ignored": ds.report,
+        }
+        write_json(tmp / "report.json", report)
+    print(f"clean_text: {report['captions']} captions, vocabulary {len(vocab)} ({Path(args.out)})")
+    if ds.report:
+        print(f"clean_text: ignored while reading {data.root}: see {args.out}/report.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Stage: caption the evaluation split, score corpus BLEU-1..4, write the captions table."""
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from captioner.decoding import StepDecoder, generate_captions
+from captioner.evaluation import blind_caption, references_by_image, results_table, score
+from captioner.features import read_features
+from captioner.io import atomic_path, write_json
+from captioner.model import load_model
+from captioner.params import load_params
+from captioner.sequences import image_rows
+from captioner.text import load_vocabulary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--features", required=True)
+    ap.add_argument("--text", default="data/text")
+    ap.add_argument("--model", default="data/model")
+    ap.add_argument("--out", default="data/eval")
+    ap.add_argument("--metrics", default="metrics/eval.json")
+    args = ap.parse_args()
+    p = load_params().evaluate
+
+    split_file = Path(args.text) / f"{p.split}.parquet"
+    if not split_file.exists():
+        raise SystemExit(f"evaluate.split: the data set has no '{p.split}' split ({split_file} missing)")
+    refs = references_by_image(pd.read_parquet(split_file))
+    image_ids = sorted(refs)
+    feat_ids, features, _ = read_features(args.features)
+    feats = features[image_rows(image_ids, feat_ids, args.features)]
+
+    vocab = load_vocabulary(Path(args.model) / "vocab.json")
+    model = load_model(str(Path(args.model) / "model.keras"), features.shape[1], len(vocab))
+    start = time.perf_counter()
+    captions = generate_captions(
+        StepDecoder(model), feats, vocab, p.beam_width, p.max_length, p.length_penalty, p.batch_size
+    )
+    seconds = time.perf_counter() - start
+    hyps = [c.words for c in captions]
+    bleu = score(refs, image_ids, hyps)
+    blind = blind_caption(pd.read_parquet(Path(args.text) / "train.parquet"))
+    blind_bleu = score(refs, image_ids, [blind] * len(image_ids))
+
+    table = results_table(image_ids, hyps, [c.logprob for c in captions], refs)
+    with atomic_path(args.out) as tmp:
+        tmp.mkdir()
+        table.to_parquet(tmp / "captions.parquet", index=False)
+    write_json(args.metrics, {
+        **{k: round(v, 4) for k, v in bleu.items()},
+        "split": p.split, "images": len(image_ids), "beam_width": p.beam_width,
+        "decode_seconds": round(seconds, 2),
+        "blind_baseline": {**{k: round(v, 4) for k, v in blind_bleu.items()}, "caption": " ".join(blind)},
+    })
+    print(f"evaluate ({p.split}, {len(image_ids)} images, beam {p.beam_width}): "
+          + "  ".join(f"{k.upper()} {v:.3f}" for k, v in bleu.items())
+          + f"  | blind baseline BLEU4 {blind_bleu['bleu4']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from captioner.decoding import StepDecoder, beam_search, caption_texts, generate_captions
+from tests.conftest import COLOURS
+
+
+def test_step_decoder_matches_the_full_model(toy) -> None:
+    model, feats, ids = toy["model"], toy["feats"][:4], toy["ids"][:4]
+    full = tf.nn.log_softmax(model([feats, ids[:, :-1]])).numpy()
+    dec = StepDecoder(model)
+    img = dec.project(feats)
+    h = np.zeros((4, dec.units), np.float32)
+    c = np.zeros_like(h)
+    for t in range(4):
+        logp, h, c = dec.step(img, ids[:, t], h, c)
+        np.testing.assert_allclose(logp, full[:, t], atol=1e-4)
+
+
+def test_greedy_names_the_right_colour(toy) -> None:
+    dec = StepDecoder(toy["model"])
+    caps = beam_search(dec, toy["feats"][:20], toy["vocab"], beam_width=1, max_length=10)
+    for cap, cls in zip(caps, toy["cls"][:20]):
+        assert COLOURS[cls] in cap.words and "endseq" not in cap.words
+
+
+def test_greedy_equals_manual_argmax(toy) -> None:
+    dec, vocab = StepDecoder(toy["model"]), toy["vocab"]
+    feats = toy["feats"][:3]
+    img = dec.project(feats)
+    h = np.zeros((3, dec.units), np.float32)
+    c = np.zeros_like(h)
+    words = np.full(3, vocab.index["startseq"], np.int32)
+    manual = [[] for _ in range(3)]
+    for _ in range(6):
+        logp, h, c = dec.step(img, words, h, c)
+        logp[:, [0, 1, 2]] = -np.inf
+        words = logp.argmax(1).astype(np.int32)
+        for i, w in enumerate(words):
+            manual[i].append(vocab.tokens[w])
+    got = beam_search(dec, feats, vocab, 1, 10)
+    for m, g in zip(manual, got):
+        assert g.words == m[: m.index("endseq")]
+
+
+def test_beam_never_scores_below_greedy(toy) -> None:
+    dec, vocab = StepDecoder(toy["model"]), toy["vocab"]
+    feats = toy["feats"][:30]
+    greedy = beam_search(dec, feats, vocab, 1, 10)
+    beam = beam_search(dec, feats, vocab, 4, 10)
+    assert all(b.logprob >= g.logprob - 1e-4 for b, g in zip(beam, greedy))
+
+
+def test_max_length_and_batching(toy) -> None:
+    dec, vocab = StepDecoder(toy["model"]), toy["vocab"]
+    short = beam_search(dec, toy["feats"][:5], vocab, 3, max_length=2)
+    assert all(len(c.words) <= 2 for c in short)
+    batched = generate_captions(dec, toy["feats"][:7], vocab, 3, 10, 0.0, batch_size=3, progress=False)
+    whole = beam_search(dec, toy["feats"][:7], vocab, 3, 10)
+    assert caption_texts(batched) == caption_texts(whole)
+    assert [c.logprob for c in batched] == pytest.approx([c.logprob for c in whole], abs=1e-5)
+
+
+def test_length_penalty_prefers_longer_captions(toy) -> None:
+    dec, vocab = StepDecoder(toy["model"]), toy["vocab"]
+    plain = beam_search(dec, toy["feats"][:40], vocab, 5, 10, length_penalty=0.0)
+    long = beam_search(dec, toy["feats"][:40], vocab, 5, 10, length_penalty=2.0)
+    assert sum(len(c.words) for c in long) >= sum(len(c.words) for c in plain)

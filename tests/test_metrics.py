@@ -1,0 +1,44 @@
+import pandas as pd
+import pytest
+
+from captioner.evaluation import blind_caption, references_by_image, results_table
+from captioner.metrics import corpus_bleu_scores, sentence_bleu4
+
+
+def test_perfect_and_disjoint_captions() -> None:
+    refs = [[["a", "red", "circle", "on", "white"], ["a", "red", "disc"]]]
+    assert corpus_bleu_scores(refs, [["a", "red", "circle", "on", "white"]]) == {
+        "bleu1": 1.0, "bleu2": 1.0, "bleu3": 1.0, "bleu4": 1.0,
+    }
+    low = corpus_bleu_scores(refs, [["blue", "square", "in", "the", "corner"]])
+    assert low["bleu1"] == 0.0
+
+
+def test_bleu_orders_are_nested() -> None:
+    refs = [[["a", "dog", "runs", "on", "the", "grass"]], [["two", "men", "sit", "on", "a", "bench"]]]
+    hyps = [["a", "dog", "runs", "in", "the", "grass"], ["two", "men", "sit", "near", "a", "bench"]]
+    s = corpus_bleu_scores(refs, hyps)
+    assert 1.0 > s["bleu1"] > s["bleu2"] > s["bleu3"] >= s["bleu4"] >= 0.0
+    assert s["bleu1"] == pytest.approx(10 / 12)
+
+
+def test_mismatched_lengths_fail() -> None:
+    with pytest.raises(ValueError, match="2 reference sets for 1"):
+        corpus_bleu_scores([[["a"]], [["b"]]], [["a"]])
+
+
+def test_sentence_bleu_is_smoothed() -> None:
+    assert 0.0 < sentence_bleu4([["a", "red", "circle"]], ["a", "red", "square"]) < 1.0
+
+
+def test_references_blind_caption_and_table() -> None:
+    caps = pd.DataFrame({
+        "image_id": ["x", "x", "y"],
+        "caption_no": [1, 0, 0],
+        "caption": ["startseq a b endseq", "startseq c endseq", "startseq a b endseq"],
+    })
+    refs = references_by_image(caps)
+    assert refs == {"x": [["c"], ["a", "b"]], "y": [["a", "b"]]}
+    assert blind_caption(caps) == ["a", "b"]
+    table = results_table(["x", "y"], [["c"], ["a", "b"]], [-1.0, -2.0], refs)
+    assert list(table["caption"]) == ["c", "a b"] and table["references"][0] == ["c", "a b"]

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from captioner.model import build_merge_model, load_model, model_signature
+from captioner.training import compile_model
+
+
+def test_shapes_and_signature() -> None:
+    model = build_merge_model(vocab_size=30, feature_dim=12, embedding_dim=8, units=16, dropout=0.5)
+    out = model([np.zeros((2, 12), np.float32), np.ones((2, 7), np.int32)])
+    assert out.shape == (2, 7, 30)
+    assert model_signature(model) == (12, 30)
+
+
+def test_padding_never_reaches_the_loss() -> None:
+    """Same captions with extra trailing padding give exactly the same loss (Keras 3 mask trap)."""
+    model = build_merge_model(20, 6, 8, 8, 0.0)
+    compile_model(model, 1e-3)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((4, 6)).astype(np.float32)
+    ids = rng.integers(1, 20, (4, 6)).astype(np.int32)
+    padded = np.pad(ids, ((0, 0), (0, 5)))
+    short = model.evaluate([feats, ids[:, :-1]], ids[:, 1:], verbose=0, return_dict=True)["loss"]
+    long = model.evaluate([feats, padded[:, :-1]], padded[:, 1:], verbose=0, return_dict=True)["loss"]
+    assert long == pytest.approx(short, rel=1e-5)
+
+
+def test_save_load_roundtrip_and_mismatch_errors(tmp_path, toy) -> None:
+    path = tmp_path / "m.keras"
+    toy["model"].save(path)
+    model = load_model(str(path), 8, len(toy["vocab"]))
+    x = [toy["feats"][:3], toy["ids"][:3, :-1]]
+    np.testing.assert_allclose(model(x).numpy(), toy["model"](x).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="expects 8-d image features but the features have 1280"):
+        load_model(str(path), 1280, len(toy["vocab"]))
+    with pytest.raises(ValueError, match="vocabulary has 99"):
+        load_model(str(path), 8, 99)
+    with pytest.raises(ValueError, match="cannot load the model"):
+        load_model(str(tmp_path / "missing.keras"))

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from captioner.params import ParamsError, check_data_root, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_repo_params_are_valid() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.features.backbone == "efficientnet_lite0"
+    assert params.evaluate.beam_width >= 1
+
+
+def test_defaults_when_sections_are_missing(tmp_path) -> None:
+    params = load_params(write(tmp_path, "train: {epochs: 2}\n"))
+    assert params.train.epochs == 2 and params.model.units == 256
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "msg"),
+    [
+        ("train: {epochs: 2, epoch: 3}", "train.epoch", "unknown key"),
+        ("trian: {epochs: 2}", "trian", "unknown key"),
+        ("model: {units: -4}", "model.units", "greater than 0"),
+        ("train: {batch_size: many}", "train.batch_size", "integer"),
+        ("evaluate: {beam_width: 0}", "evaluate.beam_width", "greater than or equal to 1"),
+        ("features: {backbone: resnet}", "features.backbone", "efficientnet_lite0"),
+        ("model: {dropout: 1.5}", "model.dropout", "less than 1"),
+        ("scenes: {split_fractions: {train: 0.5, dev: 0.1}}", "scenes.split_fractions", "sum to 1"),
+        ("features: {weights: /x.h5}", "(top level)|features.weights", "efficientnet_lite0"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, text: str, key: str, msg: str) -> None:
+    with pytest.raises(ParamsError) as e:
+        load_params(write(tmp_path, text))
+    assert "params.yaml" in str(e.value)
+    assert any(k in str(e.value) for k in key.split("|")), str(e.value)
+    assert msg in str(e.value)
+
+
+def test_unreadable_files(tmp_path) -> None:
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(write(tmp_path, "a: [1,"))
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_missing_data_root(tmp_path) -> None:
+    params = load_params(write(tmp_path, yaml.safe_dump({"data": {"root": "no/such/dir"}})))
+    with pytest.raises(ParamsError, match="data.root: .*no/such/dir does not exist"):
+        check_data_root(params, tmp_path)
