@@ -9,7 +9,6 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 DATA  ?= ../shared/flickr8k
 SPLIT ?= dev
-MODEL ?= merge
 
 .PHONY: install repro test flickr8k bench clean
 
@@ -30,6 +29,13 @@ repro: $(STAMP)
 ## The test suite (tiny configs; well under 10 minutes on 2 cores).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## Real Flickr8k: the Flickr8k preset as a tracked experiment on DATA, scored on SPLIT.
+flickr8k: $(STAMP)
+	@git rev-parse --git-dir >/dev/null 2>&1 || git init -q
+	$(BIN)/dvc exp run $$($(BIN)/python -m captioner.params --preset presets/flickr8k.yaml) \
+		-S data.root=$(DATA) -S evaluate.split=$(SPLIT)
+	$(BIN)/dvc metrics show
 
 clean:
 	rm -rf data/raw data/text data/features data/sequences data/model data/eval

@@ -1,6 +1,7 @@
 """Stage: train the merge captioner with masked teacher forcing; keep the best epoch."""
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -43,9 +44,12 @@ def main() -> None:
     print(f"train: {len(seqs['train'][0])} captions ({n_words} words), vocabulary {len(vocab)}, "
           f"{features.shape[1]}-d {meta.get('backbone')} features")
 
-    live = Live(dir=args.live, save_dvc_exp=False)
+    live = Live(dir=args.live, save_dvc_exp=False, dvcyaml=None)  # dvc.yaml declares outputs
     start = time.perf_counter()
-    result = fit(model, train, dev, tp.epochs, tp.patience, callbacks=[DVCLiveCallback(live=live)])
+    result = fit(
+        model, train, dev, tp.epochs, tp.patience, callbacks=[DVCLiveCallback(live=live)],
+        verbose=1 if sys.stdout.isatty() else 2,  # a bar with ETA on a terminal, a line per epoch in logs
+    )
     seconds = time.perf_counter() - start
     live.summary.update(
         best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,

@@ -1,0 +1,64 @@
+"""CNN backbones that turn an image into a fixed-size feature vector.
+
+``load_backbone(name, weights)`` returns a :class:`Backbone`; Keras/TensorFlow are imported
+only then, so importing this package (or :mod:`.torch_legacy`) stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "vgg16")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor.
+
+    `preprocess` maps a uint8 RGB batch (N, input_size, input_size, 3) to the float32 network
+    input; `model` maps that input to float32 (N, feature_dim) features.
+    """
+
+    name: str
+    input_size: int
+    feature_dim: int
+    model: keras.Model
+    preprocess: Callable[[np.ndarray], np.ndarray]
+
+
+def _efficientnet_lite0(weights: str | os.PathLike[str]) -> Backbone:
+    from captioner.backbones import efficientnet_lite0 as lite0
+
+    model = lite0.load_efficientnet_lite0(weights, include_top=False)
+    return Backbone("efficientnet_lite0", lite0.LITE0.input_size, lite0.LITE0.head, model, lite0.preprocess)
+
+
+def _vgg16(weights: str | os.PathLike[str]) -> Backbone:
+    from captioner.backbones import vgg16
+
+    model = vgg16.load_vgg16(weights)
+    return Backbone("vgg16", vgg16.INPUT_SIZE, int(model.output.shape[-1]), model, vgg16.preprocess)
+
+
+_LOADERS: dict[str, Callable[[str | os.PathLike[str]], Backbone]] = {
+    "efficientnet_lite0": _efficientnet_lite0,
+    "vgg16": _vgg16,
+}
+
+
+def load_backbone(name: str, weights: str | os.PathLike[str] = "imagenet") -> Backbone:
+    """Build backbone `name` (one of BACKBONES).
+
+    `weights`: "imagenet" (pretrained), "none" (random init, for tests) or a local weights file.
+    """
+    if name not in _LOADERS:
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}")
+    return _LOADERS[name](weights)

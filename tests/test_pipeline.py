@@ -1,0 +1,104 @@
+"""End to end: the real DAG (`dvc repro`) in a temporary git+dvc copy of the project, on a
+tiny generated data set; then which stages a param change reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "scenes": {"n_images": 48, "image_size": 64, "seed": 1,
+               "split_fractions": {"train": 0.5, "dev": 0.25, "test": 0.25}},
+    "features": {"batch_size": 16},
+    "model": {"embedding_dim": 16, "units": 16, "dropout": 0.1},
+    "train": {"epochs": 2, "batch_size": 32, "patience": 1},
+    "evaluate": {"beam_width": 2, "batch_size": 8},
+}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+def copy_project(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("data/", "metrics/")) or not (REPO / f).is_file():
+            continue
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dst / f)
+
+
+def set_params(project: Path, updates: dict) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    copy_project(project)
+    set_params(project, TINY)
+    run(["git", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "tiny"], project)
+
+    out = run(["dvc", "repro"], project)
+    assert ran_stages(out) == {"generate_scenes", "clean_text", "extract_features",
+                               "build_sequences", "train", "evaluate"}
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert {"bleu1", "bleu2", "bleu3", "bleu4"} <= metrics.keys()
+    assert metrics["split"] == "test" and metrics["images"] == 12
+    assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
+    assert (project / "data/model/model.keras").exists()
+    assert (project / "metrics/train/metrics.json").exists()
+    shown = run(["dvc", "metrics", "show", "--json"], project)
+    assert "bleu4" in shown
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "repro"], project)
+
+    # A train param: only train and evaluate are stale, and only they rerun.
+    set_params(project, {"train": {"learning_rate": 0.002}})
+    status = run(["dvc", "status"], project)
+    assert "train:" in status and "extract_features:" not in status and "clean_text:" not in status
+    out = run(["dvc", "repro"], project)
+    assert ran_stages(out) == {"train", "evaluate"}
+    assert "Stage 'extract_features' didn't change, skipping" in out
+
+    # An evaluate param: only evaluate.
+    set_params(project, {"evaluate": {"beam_width": 1}})
+    assert ran_stages(run(["dvc", "repro"], project)) == {"evaluate"}
+
+    # A text param: the CNN features are reused.
+    set_params(project, {"text": {"min_count": 2}})
+    out = run(["dvc", "repro"], project)
+    assert "extract_features" not in ran_stages(out)
+    assert {"clean_text", "build_sequences", "train", "evaluate"} <= ran_stages(out)
