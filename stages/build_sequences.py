@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from captioner.io import atomic_path
-from captioner.params import load_params
+from captioner.params import SPLITS, load_params
 from captioner.sequences import encode_captions, save_sequences
 from captioner.text import load_vocabulary
 
@@ -21,6 +21,8 @@ def main() -> None:
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         for path in sorted(Path(args.text).glob("*.parquet")):
+            if path.stem not in SPLITS:
+                continue
             caps = pd.read_parquet(path)
             ids = encode_captions(list(caps["caption"]), vocab, p.max_length)
             save_sequences(tmp / f"{path.stem}.npz", ids, list(caps["image_id"]))

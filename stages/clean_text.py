@@ -1,6 +1,7 @@
 """Stage: parse captions and splits, clean captions, build the vocabulary (JSON)."""
 
 import argparse
+import os
 from pathlib import Path
 
 from captioner.datasets import load_dataset
@@ -31,6 +32,9 @@ def main() -> None:
         for split, part in caps.groupby("split", sort=True):
             cols = ["image_id", "caption_no", "caption"]
             part[cols].reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
+        images = ds.images[["image_id", "split", "path"]].copy()
+        images["path"] = [os.path.relpath(p) for p in images["path"]]  # portable: project-relative
+        images.to_parquet(tmp / "images.parquet", index=False)
         save_vocabulary(tmp / "vocab.json", vocab, min_count=text.min_count)
         report = {
             "layout": ds.layout,
@@ -39,7 +43,7 @@ def main() -> None:
             "vocab_size": len(vocab),
             "captions_truncated": n_long,
             "captions_empty_after_cleaning": n_empty,
-            "ignored": ds.report,
+            "reader": ds.report,
         }
         write_json(tmp / "report.json", report)
     print(f"clean_text: {report['captions']} captions, vocabulary {len(vocab)} ({Path(args.out)})")

@@ -49,6 +49,7 @@ def main() -> None:
     result = fit(
         model, train, dev, tp.epochs, tp.patience, callbacks=[DVCLiveCallback(live=live)],
         verbose=1 if sys.stdout.isatty() else 2,  # a bar with ETA on a terminal, a line per epoch in logs
+        lr_factor=tp.lr_factor, lr_patience=tp.lr_patience,
     )
     seconds = time.perf_counter() - start
     live.summary.update(

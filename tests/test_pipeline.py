@@ -102,3 +102,47 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     out = run(["dvc", "repro"], project)
     assert "extract_features" not in ran_stages(out)
     assert {"clean_text", "build_sequences", "train", "evaluate"} <= ran_stages(out)
+
+
+SHARED_FLICKR8K = REPO.parent / "shared" / "flickr8k"
+
+
+def make_flickr8k_slice(dst: Path, n_train: int = 36, n_dev: int = 14) -> None:
+    """A ~50-image slice of the real Flickr8k, in its own layout (images linked, not copied)."""
+    images = dst / "Flicker8k_Dataset"
+    images.mkdir(parents=True)
+    splits = {}
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        names = (SHARED_FLICKR8K / f"Flickr_8k.{split}Images.txt").read_text().split()[:n]
+        (dst / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
+        splits.update(dict.fromkeys(names, split))
+    for name in splits:
+        (images / name).symlink_to(SHARED_FLICKR8K / "Flicker8k_Dataset" / name)
+    lines = (SHARED_FLICKR8K / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()
+    keep = [ln for ln in lines if ln.split("#")[0] in splits]
+    keep += lines[:3]  # a few captions of images outside the slice: must be ignored, counted
+    (dst / "Flickr8k.token.txt").write_text("\n".join(keep) + "\n", encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_pipeline_on_a_real_flickr8k_slice(tmp_path: Path) -> None:
+    if not SHARED_FLICKR8K.is_dir():
+        pytest.skip(f"real Flickr8k not found at {SHARED_FLICKR8K} (CI and developers have ../shared)")
+    project = tmp_path / "proj"
+    project.mkdir()
+    copy_project(project)
+    make_flickr8k_slice(tmp_path / "f8k")
+    set_params(project, {
+        **TINY,
+        "data": {"root": str(tmp_path / "f8k")},
+        "text": {"min_count": 2},
+        "evaluate": {"split": "dev", "beam_width": 3, "batch_size": 8},
+    })
+    run(["git", "init", "-q"], project)
+    out = run(["dvc", "repro", "evaluate"], project)
+    assert "generate_scenes" not in ran_stages(out), "real data needs no generated scenes"
+    report = json.loads((project / "data/text/report.json").read_text())
+    assert report["images"] == {"dev": 14, "train": 36}
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert metrics["split"] == "dev" and metrics["images"] == 14 and metrics["beam_width"] == 3
+    assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0

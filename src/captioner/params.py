@@ -87,6 +87,8 @@ class TrainParams(_Section):
     batch_size: int = Field(64, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(3, ge=1)
+    lr_factor: float = Field(1.0, gt=0.0, le=1.0)  # multiply the LR by this when val loss stalls; 1 = off
+    lr_patience: int = Field(1, ge=1)
     bucket_width: int = Field(4, ge=1)  # captions of similar length share a batch
 
 

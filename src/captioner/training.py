@@ -112,13 +112,23 @@ def fit(
     patience: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int | str = "auto",
+    lr_factor: float = 1.0,
+    lr_patience: int = 1,
 ) -> FitResult:
-    """Fit with early stopping on validation loss; the model ends with its best weights."""
+    """Fit with early stopping on validation loss; the model ends with its best weights.
+
+    With `lr_factor` < 1 the learning rate is multiplied by it whenever the validation loss
+    has not improved for `lr_patience` epochs.
+    """
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience, restore_best_weights=True
     )
+    extra: list[keras.callbacks.Callback] = []
+    if lr_factor < 1.0:
+        extra.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=lr_factor, patience=lr_patience))
     hist = model.fit(
-        train, validation_data=val, epochs=epochs, callbacks=[stop, *(callbacks or [])], verbose=verbose
+        train, validation_data=val, epochs=epochs, callbacks=[stop, *extra, *(callbacks or [])],
+        verbose=verbose,
     )
     val_loss = hist.history["val_loss"]
     best = int(np.argmin(val_loss))

@@ -115,11 +115,13 @@ def image_id_of(name: str) -> str | None:
     return stem
 
 
-def check_bad_fraction(path: Path, n_bad: int, n_total: int, max_bad_fraction: float) -> None:
-    """Raise ValueError naming `path` if more than `max_bad_fraction` of its lines are malformed."""
+def check_bad_fraction(
+    path: Path, n_bad: int, n_total: int, max_bad_fraction: float, what: str = "lines"
+) -> None:
+    """Raise ValueError naming `path` if over `max_bad_fraction` of its `what` are malformed."""
     if n_total and n_bad / n_total > max_bad_fraction:
         raise ValueError(
-            f"{path}: {n_bad} of {n_total} lines are malformed ({n_bad / n_total:.1%} > "
+            f"{path}: {n_bad} of {n_total} {what} are malformed ({n_bad / n_total:.1%} > "
             f"max_bad_fraction={max_bad_fraction:.1%}); is this the right file / layout?"
         )
 
@@ -205,7 +207,7 @@ def assemble(
     """Keep captions of images that are in a split and on disk; build the two tables + report.
 
     Captions of images in no split, split images missing on disk and split images without
-    any caption are counted (and exemplified) in the report.
+    any caption are counted (and exemplified) in the report; nothing left is an error.
     """
     on_disk = files_on_disk(image_dir)
     image_dir = image_dir.resolve()
@@ -231,6 +233,11 @@ def assemble(
         elif image_id not in captioned:
             report.ignore("split_image_without_captions", f"{split}: {image_id}")
 
+    if not kept:
+        raise ValueError(
+            f"{info.get('root', image_dir)}: no image is at once captioned, in a split and on disk "
+            f"(ignored: {dict(report.ignored)})"
+        )
     rank = {s: i for i, s in enumerate(SPLITS)}
     cap = pd.DataFrame(
         {

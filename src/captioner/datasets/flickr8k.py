@@ -172,7 +172,8 @@ def read_split_files(
             elif split_of[image_id] == split:
                 report.ignore("duplicate_split_entry", loc, name)
             else:
-                report.ignore("image_in_several_splits", loc, f"{name} already in {split_of[image_id]}")
+                first = split_of[image_id]
+                report.ignore("image_in_several_splits", loc, f"{name} already in {first}")
         check_bad_fraction(path, n_bad, n_nonblank, max_bad_fraction)
     return split_of, read
 

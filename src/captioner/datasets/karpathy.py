@@ -1,6 +1,7 @@
 """Reader for Karpathy's split file of Flickr8k.
 
-    <root>/dataset_flickr8k.json   {"images": [{"filename", "split", "sentences": [{"raw", "tokens"}]}]}
+    <root>/dataset_flickr8k.json
+        {"images": [{"filename", "split", "sentences": [{"raw", "tokens"}]}]}
     <root>/Flicker8k_Dataset/<id>.jpg  (or Images/, Flickr8k_Dataset/)
 
 Splits map train->train, restval->train, val->dev, test->test. A sentence's caption is its
@@ -82,7 +83,7 @@ def parse_entries(
                 captions.append(RawCaption(image_id, k, text, f"{loc}.sentences[{k}]"))
             else:
                 report.ignore("empty_caption", f"{loc}.sentences[{k}]", name)
-    check_bad_fraction(path, n_bad, len(entries), max_bad_fraction)
+    check_bad_fraction(path, n_bad, len(entries), max_bad_fraction, what="image entries")
     return captions, split_of
 
 

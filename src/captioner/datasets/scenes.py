@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from captioner.datasets.common import split_counts
+from captioner.datasets.common import split_counts, validate_fractions
 from captioner.datasets.flickr8k import IMAGE_DIRS, SPLIT_FILES, TOKEN_FILE
 from captioner.io import atomic_path
 
@@ -54,9 +54,18 @@ COLOURS: Mapping[str, tuple[int, int, int]] = {
     "pink": (255, 120, 190),
 }
 BACKGROUNDS: tuple[str, ...] = ("white", "black", "grey", "striped", "checkered", "dotted")
+PLAIN_GREYS: Mapping[str, int] = {"white": 248, "black": 12, "grey": 128}  # the others: textures
 SIZES: Mapping[str, float] = {"small": 0.16, "large": 0.29}  # object radius / image side
 PAIR_RADIUS = 0.19  # radius of each of two objects
 POSITIONS: tuple[str, ...] = ("centre", "left", "right", "top", "bottom")
+# Random variation of the drawing (uniform +- these amounts).
+SIZE_JITTER = 0.08  # relative radius
+ROTATION_JITTER = 0.25  # radians
+COLOUR_JITTER = 12  # per RGB channel
+GREY_JITTER = 6  # plain backgrounds' grey level
+POSITION_JITTER = 0.04  # fraction of the side
+EDGE_MARGIN = 0.05  # off-centre objects keep this far from the border (fraction of the side)
+PAIR_OFFSET = 0.23  # each object of a pair at least this far from the middle
 RELATIONS: tuple[str, ...] = ("left", "above")  # first-named object is left of / above the other
 
 IMAGE_PREFIX = "scene_"
@@ -78,7 +87,7 @@ class Scene:
 
     objects: tuple[Shape, ...]
     background: str
-    relation: str | None = None  # for two objects: first is "left" of / "above" the second
+    relation: str | None = None  # pair: first is "left"/"right" of, "above"/"below" the second
 
 
 # ---------------------------------------------------------------- sampling
@@ -111,19 +120,19 @@ def sample_scene(rng: np.random.Generator, p_two: float = P_TWO_OBJECTS) -> Scen
 # ---------------------------------------------------------------- drawing
 
 
-def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+def shape_polygon(
+    shape: str, cx: float, cy: float, r: float, angle: float
+) -> list[tuple[float, float]]:
     """Vertices of `shape` centred at (cx, cy) with outer radius r, rotated by `angle` rad."""
     if shape == "square":
         pts = [(math.cos(a), math.sin(a)) for a in np.pi / 4 + np.arange(4) * np.pi / 2]
-        pts = [(0.85 * x, 0.85 * y) for x, y in pts]  # half-side 0.6 r: area close to a circle's
+        pts = [(0.85 * x, 0.85 * y) for x, y in pts]  # half-side 0.6 r
     elif shape == "triangle":
         pts = [(math.cos(a), math.sin(a) + 0.2) for a in -np.pi / 2 + np.arange(3) * 2 * np.pi / 3]
     elif shape == "star":
-        pts = [
-            (k * math.cos(a), k * math.sin(a))
-            for n, a in enumerate(-np.pi / 2 + np.arange(10) * np.pi / 5)
-            for k in [1.0 if n % 2 == 0 else 0.42]
-        ]
+        a = -np.pi / 2 + np.arange(10) * np.pi / 5
+        k = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)  # outer / inner points
+        pts = list(zip((k * np.cos(a)).tolist(), (k * np.sin(a)).tolist()))
     elif shape == "heart":
         t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
         x = 16 * np.sin(t) ** 3
@@ -141,9 +150,9 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> l
 
 def draw_background(background: str, side: int, rng: np.random.Generator) -> Image.Image:
     """A `side` x `side` RGB background: a plain grey level or a grey-on-white texture."""
-    plain = {"white": 248, "black": 12, "grey": 128}
-    if background in plain:
-        v = int(np.clip(plain[background] + rng.integers(-6, 7), 0, 255))
+    if background in PLAIN_GREYS:
+        v = PLAIN_GREYS[background] + int(rng.integers(-GREY_JITTER, GREY_JITTER + 1))
+        v = int(np.clip(v, 0, 255))
         return Image.new("RGB", (side, side), (v, v, v))
     yy, xx = np.mgrid[0:side, 0:side]
     if background == "striped":
@@ -163,12 +172,22 @@ def draw_background(background: str, side: int, rng: np.random.Generator) -> Ima
     return Image.fromarray(np.stack([arr] * 3, axis=-1), "RGB")
 
 
-def object_centre(obj: Shape, r: float, rng: np.random.Generator, margin: float = 0.05) -> tuple[float, float]:
-    """Centre (fractions of the side) of an object of radius r at its named position."""
-    d = 0.5 - r - margin  # as far from the centre as fits
-    jitter = lambda: float(rng.uniform(-0.04, 0.04))  # noqa: E731
-    if obj.size == "medium":  # one of a pair: the pair sits in opposite halves
-        d = max(d, 0.23)
+def object_centre(
+    obj: Shape,
+    r: float,
+    rng: np.random.Generator,
+    margin: float = EDGE_MARGIN,
+    jitter: float = POSITION_JITTER,
+    pair_offset: float = PAIR_OFFSET,
+) -> tuple[float, float]:
+    """Centre (fractions of the side) of an object of radius r at its named position.
+
+    Off-centre objects sit as far out as fits within `margin`; each of a pair at least
+    `pair_offset` from the middle; both coordinates get a uniform +-`jitter`.
+    """
+    d = 0.5 - r - margin
+    if obj.size == "medium":
+        d = max(d, pair_offset)
     dx, dy = {
         "centre": (0.0, 0.0),
         "left": (-d, 0.0),
@@ -176,26 +195,35 @@ def object_centre(obj: Shape, r: float, rng: np.random.Generator, margin: float 
         "top": (0.0, -d),
         "bottom": (0.0, d),
     }[obj.position]
-    return 0.5 + dx + jitter(), 0.5 + dy + jitter()
+    jx, jy = rng.uniform(-jitter, jitter, size=2).tolist()
+    return 0.5 + dx + jx, 0.5 + dy + jy
 
 
-def render_scene(scene: Scene, image_size: int, rng: np.random.Generator, supersample: int = SUPERSAMPLE) -> Image.Image:
+def render_scene(
+    scene: Scene, image_size: int, rng: np.random.Generator, supersample: int = SUPERSAMPLE
+) -> Image.Image:
     """Draw `scene` as an `image_size` square RGB image (anti-aliased by supersampling)."""
     side = image_size * supersample
     img = draw_background(scene.background, side, rng)
     draw = ImageDraw.Draw(img)
     for obj in scene.objects:
         base = PAIR_RADIUS if obj.size == "medium" else SIZES[obj.size]
-        r = base * float(rng.uniform(0.92, 1.08))
+        r = base * float(rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER))
         cx, cy = object_centre(obj, r, rng)
-        colour = tuple(int(np.clip(v + rng.integers(-12, 13), 0, 255)) for v in COLOURS[obj.colour])
-        angle = float(rng.uniform(-0.25, 0.25))
+        colour = tuple(
+            int(np.clip(v + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255))
+            for v in COLOURS[obj.colour]
+        )
+        angle = float(rng.uniform(-ROTATION_JITTER, ROTATION_JITTER))
         if obj.shape == "circle":
             box = [(cx - r) * side, (cy - r) * side, (cx + r) * side, (cy + r) * side]
             draw.ellipse(box, fill=colour)
         else:
-            draw.polygon(shape_polygon(obj.shape, cx * side, cy * side, r * side, angle), fill=colour)
-    return img.resize((image_size, image_size), Image.Resampling.LANCZOS) if supersample > 1 else img
+            pts = shape_polygon(obj.shape, cx * side, cy * side, r * side, angle)
+            draw.polygon(pts, fill=colour)
+    if supersample > 1:
+        img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    return img
 
 
 # ---------------------------------------------------------------- captions
@@ -213,7 +241,12 @@ RELATION_PHRASES: Mapping[str, str] = {
     "above": "above",
     "below": "below",
 }
-INVERSE_RELATION: Mapping[str, str] = {"left": "right", "right": "left", "above": "below", "below": "above"}
+INVERSE_RELATION: Mapping[str, str] = {
+    "left": "right",
+    "right": "left",
+    "above": "below",
+    "below": "above",
+}
 SIZE_SYNONYMS: Mapping[str, str] = {"small": "little", "large": "big"}
 
 # Templates: {size} {size2} {colour} {shape} {pos} {bg} for one object;
@@ -293,7 +326,9 @@ def stylise(sentence: str, rng: np.random.Generator, p_capital: float = 0.5) -> 
     return sentence + ("", ".", " .")[int(rng.integers(3))]
 
 
-def describe_scene(scene: Scene, rng: np.random.Generator, n_captions: int = N_CAPTIONS) -> list[str]:
+def describe_scene(
+    scene: Scene, rng: np.random.Generator, n_captions: int = N_CAPTIONS
+) -> list[str]:
     """`n_captions` different captions: the canonical one, then distinct random variants."""
     one = len(scene.objects) == 1
     canonical, variants = (ONE_CANONICAL, ONE_VARIANTS) if one else (TWO_CANONICAL, TWO_VARIANTS)
@@ -340,7 +375,9 @@ def make_image(
     return f"{IMAGE_PREFIX}{i:05d}", jpeg_bytes(img, quality), captions, scene
 
 
-def assign_scene_splits(ids: Sequence[str], fractions: Mapping[str, float], seed: int) -> dict[str, list[str]]:
+def assign_scene_splits(
+    ids: Sequence[str], fractions: Mapping[str, float], seed: int
+) -> dict[str, list[str]]:
     """Split the ids at random (with `seed`) into lists in their original order."""
     counts = split_counts(len(ids), fractions)
     order = np.random.default_rng([seed, len(ids), 7]).permutation(len(ids))
@@ -371,6 +408,7 @@ def generate_scenes(
     """
     if n_images < 1 or image_size < 16:
         raise ValueError(f"need n_images >= 1 and image_size >= 16, got {n_images}, {image_size}")
+    validate_fractions(split_fractions)
     root = Path(root)
     image_dir_name = IMAGE_DIRS[0]
     ids: list[str] = []
