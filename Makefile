@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 DATA  ?= ../shared/flickr8k
 SPLIT ?= dev
 
-.PHONY: install repro test flickr8k bench clean
+.PHONY: install git-ready repro test flickr8k bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# DVC experiments and dvclive need a git repository with a commit (a fresh clone has one).
+git-ready:
+	@git rev-parse --verify -q HEAD >/dev/null 2>&1 || { git init -q && git add -A && \
+		git -c user.name=captioner -c user.email=captioner@localhost commit -qm "captioner: initial" \
+		&& echo "make: created a git repository with an initial commit (DVC needs one)"; }
+
 ## Run the whole pipeline on the embedded default data set; print the metrics.
-repro: $(STAMP)
-	@git rev-parse --git-dir >/dev/null 2>&1 || git init -q
+repro: $(STAMP) git-ready
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
@@ -31,8 +36,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 ## Real Flickr8k: the Flickr8k preset as a tracked experiment on DATA, scored on SPLIT.
-flickr8k: $(STAMP)
-	@git rev-parse --git-dir >/dev/null 2>&1 || git init -q
+flickr8k: $(STAMP) git-ready
 	$(BIN)/dvc exp run $$($(BIN)/python -m captioner.params --preset presets/flickr8k.yaml) \
 		-S data.root=$(DATA) -S evaluate.split=$(SPLIT)
 	$(BIN)/dvc metrics show

@@ -139,6 +139,8 @@ def test_pipeline_on_a_real_flickr8k_slice(tmp_path: Path) -> None:
         "evaluate": {"split": "dev", "beam_width": 3, "batch_size": 8},
     })
     run(["git", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "slice"], project)
     out = run(["dvc", "repro", "evaluate"], project)
     assert "generate_scenes" not in ran_stages(out), "real data needs no generated scenes"
     report = json.loads((project / "data/text/report.json").read_text())

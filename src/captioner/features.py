@@ -2,7 +2,7 @@
 
 Decoding runs in a thread pool (PIL releases the GIL while decoding and resizing) a few
 batches ahead of the network, so the CPU decodes batch k+1.. while the model runs batch k.
-The network is called through a ``tf.function`` (graph mode, no XLA), never ``model.predict``.
+The network runs through ``Backbone.forward`` (a ``tf.function``, no XLA), never ``model.predict``.
 
 Feature file: Parquet with columns ``image_id`` (string) and ``feature``
 (fixed_size_list<float32>[D]); schema metadata holds ``backbone``, ``feature_dim`` and any
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,6 @@ from captioner.images import ImageError, load_image
 from captioner.io import atomic_path
 
 if TYPE_CHECKING:
-    import keras
-
     from captioner.backbones import Backbone
 
 OnError = Literal["raise", "skip"]
@@ -51,31 +48,6 @@ class Extraction:
     features: np.ndarray
     ok_mask: np.ndarray
     errors: list[tuple[str, str]]
-
-
-_FORWARDS: weakref.WeakKeyDictionary[keras.Model, Callable[[np.ndarray], np.ndarray]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def compiled_forward(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """`compile_forward(model)`, cached per model so repeated extractions trace only once."""
-    if model not in _FORWARDS:
-        _FORWARDS[model] = compile_forward(model)
-    return _FORWARDS[model]
-
-
-def compile_forward(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap ``model(x, training=False)`` in a ``tf.function`` (one trace for any batch size)."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return lambda x: np.asarray(model(x, training=False))
-    import tensorflow as tf
-
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
-    return lambda x: fn(tf.convert_to_tensor(x, tf.float32)).numpy()
 
 
 def _decode(path: Path, size: int, on_error: OnError) -> Decoded:
@@ -156,12 +128,11 @@ def extract(
     features = np.empty((len(paths), backbone.feature_dim), np.float32)
     ok = np.ones(len(paths), bool)
     errors: list[tuple[str, str]] = []
-    forward = compiled_forward(backbone.model)
     row = 0
     batches = decoded_batches(paths, backbone.input_size, batch_size, workers, prefetch, on_error)
     with tqdm(total=len(paths), unit="img", desc=f"features ({backbone.name})", disable=not progress) as bar:
         for decoded in batches:
-            out = forward(backbone.preprocess(_stack(decoded, backbone.input_size)))
+            out = backbone.forward(backbone.preprocess(_stack(decoded, backbone.input_size)))
             features[row : row + len(decoded)] = out
             for i, (_, problem) in enumerate(decoded, start=row):
                 if problem is not None:

@@ -14,8 +14,8 @@ WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/vgg16/{WEIGHTS_FILE}"
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be obtained (e.g. no internet); the message says what to do."""
+class WeightsUnavailableError(FileNotFoundError):
+    """Pretrained weights are not on disk and could not be downloaded; the message says what to do."""
 
 
 def preprocess(batch: np.ndarray) -> np.ndarray:
