@@ -67,3 +67,20 @@ def test_length_penalty_prefers_longer_captions(toy) -> None:
     plain = beam_search(dec, toy["feats"][:40], vocab, 5, 10, length_penalty=0.0)
     long = beam_search(dec, toy["feats"][:40], vocab, 5, 10, length_penalty=2.0)
     assert sum(len(c.words) for c in long) >= sum(len(c.words) for c in plain)
+
+
+def test_repeated_ngram_bans() -> None:
+    from captioner.decoding import repeated_ngram_bans
+
+    rows, toks = repeated_ngram_bans(np.array([[5, 6, 7, 5, 6], [1, 2, 3, 4, 5]]), 3)
+    assert rows.tolist() == [0] and toks.tolist() == [7]
+    rows, toks = repeated_ngram_bans(np.array([[4, 4, 4]]), 2)  # bigram "4 4" seen twice
+    assert rows.tolist() == [0, 0] and toks.tolist() == [4, 4]
+    assert repeated_ngram_bans(np.zeros((2, 0), np.int32), 3)[0].size == 0
+
+
+def test_blocking_removes_repeats(toy) -> None:
+    dec, vocab = StepDecoder(toy["model"]), toy["vocab"]
+    caps = beam_search(dec, toy["feats"][:10], vocab, 3, 12, block_repeat_ngram=1)
+    for cap in caps:
+        assert len(cap.words) == len(set(cap.words)), cap.words

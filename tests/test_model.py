@@ -37,3 +37,21 @@ def test_save_load_roundtrip_and_mismatch_errors(tmp_path, toy) -> None:
         load_model(str(path), 8, 99)
     with pytest.raises(ValueError, match="cannot load the model"):
         load_model(str(tmp_path / "missing.keras"))
+
+
+def test_label_smoothing_loss_matches_keras_at_zero_and_ignores_padding() -> None:
+    import keras
+
+    from captioner.training import smoothed_masked_loss
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 5, 11)).astype(np.float32)
+    y = rng.integers(1, 11, (3, 5)).astype(np.int32)
+    y[:, 3:] = 0
+    ref = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)(y, logits)
+    assert float(smoothed_masked_loss(0.0)(y, logits)) == pytest.approx(float(ref), rel=1e-5)
+    smoothed = float(smoothed_masked_loss(0.1)(y, logits))
+    assert smoothed != pytest.approx(float(ref))
+    changed = logits.copy()
+    changed[:, 3:] = 100.0  # padded positions: any logits give the same loss
+    assert float(smoothed_masked_loss(0.1)(y, changed)) == pytest.approx(smoothed, rel=1e-6)

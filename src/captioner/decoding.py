@@ -71,6 +71,25 @@ def _length_norm(lengths: np.ndarray, alpha: float) -> np.ndarray:
     return ((5.0 + lengths) / 6.0) ** alpha
 
 
+def repeated_ngram_bans(seqs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, tokens) whose next token would repeat an n-gram already in that row of `seqs`.
+
+    >>> repeated_ngram_bans(np.array([[5, 6, 7, 5, 6]]), 3)
+    (array([0]), array([7]))
+    """
+    rows: list[int] = []
+    tokens: list[int] = []
+    if n < 1 or seqs.shape[1] < n - 1:
+        return np.array(rows, int), np.array(tokens, int)
+    for r, seq in enumerate(seqs.tolist()):
+        prefix = seq[len(seq) - (n - 1) :] if n > 1 else []
+        for i in range(len(seq) - n + 1):
+            if seq[i : i + n - 1] == prefix:
+                rows.append(r)
+                tokens.append(seq[i + n - 1])
+    return np.array(rows, int), np.array(tokens, int)
+
+
 def beam_search(
     decoder: StepDecoder,
     features: np.ndarray,
@@ -78,11 +97,14 @@ def beam_search(
     beam_width: int = 1,
     max_length: int = 40,
     length_penalty: float = 0.0,
+    block_repeat_ngram: int = 0,
 ) -> list[Caption]:
     """Decode one batch of images; width 1 is greedy. Stops at endseq or `max_length` words.
 
     Beams are ranked by total log-probability while searching; the final beam is chosen by
-    log-probability divided by the GNMT length penalty when `length_penalty` > 0.
+    log-probability divided by the GNMT length penalty when `length_penalty` > 0. With
+    `block_repeat_ngram` = n > 0, no caption repeats an n-gram ("a man in a red shirt and a
+    man in a red shirt ...").
     """
     n, k = len(features), beam_width
     idx = vocab.index
@@ -103,6 +125,9 @@ def beam_search(
         logp, h, c = decoder.step(image, words, h, c)
         vsize = logp.shape[1]
         logp[:, banned] = -np.inf
+        if block_repeat_ngram > 0:
+            rows_b, tokens_b = repeated_ngram_bans(seqs.reshape(n * k, -1), block_repeat_ngram)
+            logp[rows_b, tokens_b] = -np.inf
         logp = logp.reshape(n, k, vsize)
         # A finished beam extends only with padding, at no cost.
         logp[done] = -np.inf
@@ -145,6 +170,7 @@ def generate_captions(
     length_penalty: float,
     batch_size: int,
     progress: bool = True,
+    block_repeat_ngram: int = 0,
 ) -> list[Caption]:
     """Beam search over all images in batches, with a progress bar."""
     from tqdm.auto import tqdm
@@ -153,7 +179,9 @@ def generate_captions(
     with tqdm(total=len(features), desc="captioning", unit="img", disable=not progress) as bar:
         for i in range(0, len(features), batch_size):
             chunk = features[i : i + batch_size]
-            out.extend(beam_search(decoder, chunk, vocab, beam_width, max_length, length_penalty))
+            out.extend(
+                beam_search(decoder, chunk, vocab, beam_width, max_length, length_penalty, block_repeat_ngram)
+            )
             bar.update(len(chunk))
     return out
 

@@ -89,6 +89,7 @@ class TrainParams(_Section):
     patience: int = Field(3, ge=1)
     lr_factor: float = Field(1.0, gt=0.0, le=1.0)  # multiply the LR by this when val loss stalls; 1 = off
     lr_patience: int = Field(1, ge=1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     bucket_width: int = Field(4, ge=1)  # captions of similar length share a batch
 
 
@@ -99,6 +100,7 @@ class EvaluateParams(_Section):
     beam_width: int = Field(1, ge=1)
     length_penalty: float = Field(0.0, ge=0.0)  # 0: raw log-prob; alpha in ((5+len)/6)^alpha
     max_length: int = Field(40, ge=1)  # words generated at most
+    block_repeat_ngram: int = Field(0, ge=0)  # forbid repeating any n-gram; 0 = off
     batch_size: int = Field(256, gt=0)
     gallery_size: int = Field(24, ge=0)
 

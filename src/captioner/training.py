@@ -85,13 +85,35 @@ def masked_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(hit * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+def smoothed_masked_loss(label_smoothing: float):
+    """Cross-entropy over real positions with `label_smoothing` of the target mass spread evenly."""
+
+    def loss(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        y_true = tf.cast(y_true, tf.int32)
+        mask = tf.cast(y_true != 0, tf.float32)
+        logp = tf.nn.log_softmax(logits)
+        nll = -tf.gather(logp, y_true, batch_dims=2)
+        uniform = -tf.reduce_mean(logp, axis=-1)
+        per_word = (1.0 - label_smoothing) * nll + label_smoothing * uniform
+        return tf.reduce_sum(per_word * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+    return loss
+
+
+def masked_nll(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Plain next-word cross-entropy over real positions (comparable across label smoothing)."""
+    return smoothed_masked_loss(0.0)(y_true, y_pred)
+
+
+def compile_model(model: keras.Model, learning_rate: float, label_smoothing: float = 0.0) -> None:
     """Adam + cross-entropy that ignores padding (class 0): padding never leaks into the loss."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
-        metrics=[masked_accuracy],
+    loss = (
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+        if label_smoothing == 0.0
+        else smoothed_masked_loss(label_smoothing)
     )
+    metrics = [masked_accuracy] if label_smoothing == 0.0 else [masked_accuracy, masked_nll]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
 
 
 @dataclass(frozen=True)
@@ -128,7 +150,7 @@ def fit(
         extra.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=lr_factor, patience=lr_patience))
     hist = model.fit(
         train, validation_data=val, epochs=epochs, callbacks=[stop, *extra, *(callbacks or [])],
-        verbose=verbose,
+        verbose=verbose, shuffle=False,  # the dataset reshuffles itself every epoch
     )
     val_loss = hist.history["val_loss"]
     best = int(np.argmin(val_loss))
