@@ -84,3 +84,21 @@ def test_blocking_removes_repeats(toy) -> None:
     caps = beam_search(dec, toy["feats"][:10], vocab, 3, 12, block_repeat_ngram=1)
     for cap in caps:
         assert len(cap.words) == len(set(cap.words)), cap.words
+
+
+def test_ensemble_of_one_model_twice_equals_the_model(toy) -> None:
+    dec1, dec2 = StepDecoder(toy["model"]), StepDecoder([toy["model"], toy["model"]])
+    assert dec2.units == 2 * dec1.units
+    feats, vocab = toy["feats"][:6], toy["vocab"]
+    one = beam_search(dec1, feats, vocab, 3, 10)
+    two = beam_search(dec2, feats, vocab, 3, 10)
+    assert caption_texts(one) == caption_texts(two)
+    assert [c.logprob for c in one] == pytest.approx([c.logprob for c in two], abs=1e-4)
+
+
+def test_ensemble_members_must_agree(toy) -> None:
+    from captioner.model import build_merge_model
+
+    other = build_merge_model(len(toy["vocab"]) + 1, 8, 4, 4, 0.0)
+    with pytest.raises(ValueError, match="disagree"):
+        StepDecoder([toy["model"], other])

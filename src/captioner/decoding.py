@@ -18,20 +18,31 @@ from captioner.text import END, PAD, START, UNK, Vocabulary
 
 
 class StepDecoder:
-    """One-word-at-a-time view of a trained merge model."""
+    """One-word-at-a-time view of a trained merge model, or of an ensemble of them.
 
-    def __init__(self, model: keras.Model) -> None:
-        self._image_dense = model.get_layer("image_dense")
-        self._embedding = model.get_layer("embedding")
-        self._cell = model.get_layer("lstm").cell
-        self._decoder_dense = model.get_layer("decoder_dense")
-        self._logits = model.get_layer("logits")
-        self.units = int(self._cell.units)
-        dim = int(self._image_dense.kernel.shape[0])
+    An ensemble averages the members' next-word probabilities; their LSTM states and image
+    vectors are concatenated side by side, so beam search sees one state of `units` columns.
+    """
+
+    def __init__(self, models: keras.Model | Sequence[keras.Model]) -> None:
+        members = [models] if isinstance(models, keras.Model) else list(models)
+        if not members:
+            raise ValueError("StepDecoder needs at least one model")
+        self._layers = [
+            {name: m.get_layer(name) for name in ("image_dense", "embedding", "decoder_dense", "logits")}
+            | {"cell": m.get_layer("lstm").cell}
+            for m in members
+        ]
+        vocab_sizes = {int(la["logits"].kernel.shape[1]) for la in self._layers}
+        dims = {int(la["image_dense"].kernel.shape[0]) for la in self._layers}
+        if len(vocab_sizes) > 1 or len(dims) > 1:
+            raise ValueError(f"ensemble members disagree: vocab sizes {vocab_sizes}, feature dims {dims}")
+        self._splits = [int(la["cell"].units) for la in self._layers]
+        self.units = sum(self._splits)
+        dim, u = dims.pop(), self.units
         self._project = tf.function(
-            lambda f: self._image_dense(f), input_signature=[tf.TensorSpec((None, dim), tf.float32)]
+            self._project_impl, input_signature=[tf.TensorSpec((None, dim), tf.float32)]
         )
-        u = self.units
         self._step = tf.function(
             self._step_impl,
             input_signature=[
@@ -42,14 +53,24 @@ class StepDecoder:
             ],
         )
 
+    def _project_impl(self, features: tf.Tensor) -> tf.Tensor:
+        return tf.concat([la["image_dense"](features) for la in self._layers], axis=1)
+
     def _step_impl(self, image: tf.Tensor, words: tf.Tensor, h: tf.Tensor, c: tf.Tensor):
-        emb = tf.gather(self._embedding.embeddings, words)  # no mask: one word per row
-        out, (h2, c2) = self._cell(emb, [h, c], training=False)
-        logits = self._logits(self._decoder_dense(out + image))
-        return tf.nn.log_softmax(logits), h2, c2
+        logps, hs, cs = [], [], []
+        parts = zip(self._layers, *(tf.split(t, self._splits, axis=1) for t in (image, h, c)))
+        for la, img_i, h_i, c_i in parts:
+            emb = tf.gather(la["embedding"].embeddings, words)  # no mask: one word per row
+            out, (h2, c2) = la["cell"](emb, [h_i, c_i], training=False)
+            logps.append(tf.nn.log_softmax(la["logits"](la["decoder_dense"](out + img_i))))
+            hs.append(h2)
+            cs.append(c2)
+        n = float(len(logps))
+        logp = logps[0] if n == 1 else tf.reduce_logsumexp(tf.stack(logps), axis=0) - tf.math.log(n)
+        return logp, tf.concat(hs, axis=1), tf.concat(cs, axis=1)
 
     def project(self, features: np.ndarray) -> np.ndarray:
-        """Image features -> the image branch's hidden vector."""
+        """Image features -> the image branch's hidden vector(s)."""
         return self._project(tf.constant(features, tf.float32)).numpy()
 
     def step(self, image: np.ndarray, words: np.ndarray, h: np.ndarray, c: np.ndarray):
