@@ -1,6 +1,8 @@
-"""Stage: caption the evaluation split, score corpus BLEU-1..4, write the captions table."""
+"""Stage: caption the evaluation split, score corpus BLEU-1..4, write the captions table,
+the BLEU plot data and an offline HTML gallery of the best, worst and sampled captions."""
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pandas as pd
 from captioner.decoding import StepDecoder, generate_captions
 from captioner.evaluation import blind_caption, references_by_image, results_table, score
 from captioner.features import read_features
+from captioner.gallery import bleu_rows, image_paths, write_gallery
 from captioner.io import atomic_path, write_json
 from captioner.model import load_model
 from captioner.params import load_params
@@ -23,6 +26,7 @@ def main() -> None:
     ap.add_argument("--model", default="data/model")
     ap.add_argument("--out", default="data/eval")
     ap.add_argument("--metrics", default="metrics/eval.json")
+    ap.add_argument("--plot", default="metrics/bleu.json", help="BLEU-1..4 rows for `dvc plots`")
     args = ap.parse_args()
     p = load_params().evaluate
 
@@ -47,9 +51,19 @@ def main() -> None:
     blind_bleu = score(refs, image_ids, [blind] * len(image_ids))
 
     table = results_table(image_ids, hyps, [c.logprob for c in captions], refs)
+    summary = {"split": p.split, "images": len(image_ids), "beam width": p.beam_width,
+               **{k.upper(): f"{v:.3f}" for k, v in bleu.items()},
+               "blind BLEU4": f"{blind_bleu['bleu4']:.3f}"}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         table.to_parquet(tmp / "captions.parquet", index=False)
+        problems = write_gallery(
+            tmp / "gallery.html", table, image_paths(pd.read_parquet(Path(args.text) / "images.parquet")),
+            p.gallery_size, f"captioner: {p.split} captions", summary,
+        )
+    for problem in problems:
+        print(f"evaluate: gallery: {problem}", file=sys.stderr)
+    write_json(args.plot, bleu_rows(bleu))
     write_json(args.metrics, {
         **{k: round(v, 4) for k, v in bleu.items()},
         "split": p.split, "images": len(image_ids), "beam_width": p.beam_width,
@@ -58,7 +72,7 @@ def main() -> None:
     })
     print(f"evaluate ({p.split}, {len(image_ids)} images, beam {p.beam_width}): "
           + "  ".join(f"{k.upper()} {v:.3f}" for k, v in bleu.items())
-          + f"  | blind baseline BLEU4 {blind_bleu['bleu4']:.3f}")
+          + f"  | blind baseline BLEU4 {blind_bleu['bleu4']:.3f}  | gallery {args.out}/gallery.html")
 
 
 if __name__ == "__main__":

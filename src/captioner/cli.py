@@ -1,6 +1,10 @@
 """The `captioner` command: caption your own photos with the pipeline's trained model.
 
     captioner caption photo.jpg holiday/ 'shots/*.png' --beam 3 --json
+
+Exit status: 0 all images captioned; 1 some inputs were unreadable or matched nothing (the
+others are still captioned); 2 nothing to caption, or the model folder is missing or
+inconsistent (no model, vocabulary/model mismatch, backbone/feature mismatch).
 """
 
 from __future__ import annotations
@@ -8,104 +12,178 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import keras
+
+    from captioner.backbones import Backbone
+    from captioner.text import Vocabulary
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MODEL_FILES = ("model.keras", "vocab.json", "meta.json")
+
+
+class ModelError(Exception):
+    """A model folder is missing or inconsistent; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Captioner:
+    """A trained model folder, loaded and checked: model, its vocabulary and its CNN backbone."""
+
+    model: keras.Model
+    vocab: Vocabulary
+    backbone: Backbone
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, sorted) and globs -> image paths, plus inputs that matched nothing."""
-    paths: list[Path] = []
+    """Files, folders and globs -> image paths (in order, without repeats), plus inputs that matched nothing.
+
+    A file named explicitly is always kept (it is reported later if it is not an image);
+    folders (recursively) and globs keep files with an image suffix, sorted.
+    """
+    paths: dict[Path, None] = {}
     unmatched: list[str] = []
     for item in items:
-        p = Path(item)
+        p = Path(os.path.expanduser(item))
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if _is_image(f))
         elif p.exists():
             found = [p]
         else:
-            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+            found = sorted(f for f in map(Path, glob.glob(str(p), recursive=True)) if _is_image(f))
         if not found:
             unmatched.append(item)
-        paths.extend(found)
-    return paths, unmatched
+        paths.update(dict.fromkeys(found))
+    return list(paths), unmatched
+
+
+def load_captioner(model_dir: str | os.PathLike[str]) -> Captioner:
+    """Load model.keras, vocab.json and meta.json from `model_dir` and the backbone meta.json names.
+
+    Raises ModelError for a missing folder or file, unreadable JSON, a vocabulary that does not
+    match the model, or a backbone whose features do not match what the model expects.
+    """
+    folder = Path(model_dir)
+    missing = [str(folder / n) for n in MODEL_FILES if not (folder / n).is_file()]
+    if missing:
+        raise ModelError(
+            f"no trained model at {folder} (missing {', '.join(missing)}); "
+            "run `make repro` (or `dvc repro`, or `dvc pull` for a shared one) first, or pass --model DIR"
+        )
+    from captioner.backbones import load_backbone  # TensorFlow loads only once a model is there
+    from captioner.io import read_json
+    from captioner.model import load_model
+    from captioner.text import load_vocabulary
+
+    try:
+        meta: dict[str, Any] = read_json(folder / "meta.json")
+        vocab = load_vocabulary(folder / "vocab.json")
+        backbone_name, feature_dim = str(meta["backbone"]), int(meta["feature_dim"])
+        model = load_model(str(folder / "model.keras"), feature_dim, len(vocab))
+    except (KeyError, TypeError) as e:
+        raise ModelError(f"{folder / 'meta.json'}: missing or bad entry {e}") from None
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    try:
+        backbone = load_backbone(backbone_name, str(meta.get("weights") or "imagenet"))
+    except (ValueError, FileNotFoundError) as e:
+        raise ModelError(f"{folder / 'meta.json'}: {e}") from None
+    if backbone.feature_dim != feature_dim:
+        raise ModelError(
+            f"{folder / 'meta.json'}: the model expects {feature_dim}-d features but backbone "
+            f"{backbone_name} gives {backbone.feature_dim}-d"
+        )
+    return Captioner(model, vocab, backbone)
+
+
+def caption_line(path: Path, words: Sequence[str], score: float, as_json: bool) -> str:
+    """One output line: `path<TAB>caption`, or a JSON object {image, caption, score}."""
+    text = " ".join(words)
+    if as_json:
+        return json.dumps({"image": str(path), "caption": text, "score": round(score, 4)}, ensure_ascii=False)
+    return f"{path}\t{text}"
+
+
+def _error(message: str) -> None:
+    print(f"captioner: {message}", file=sys.stderr)
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from captioner.io import read_json
-
-    model_dir = Path(args.model)
-    needed = [model_dir / n for n in ("model.keras", "vocab.json", "meta.json")]
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        print(
-            f"captioner: no trained model at {model_dir} (missing {', '.join(missing)}); "
-            "run `make repro` (or `dvc repro`) first, or pass --model DIR",
-            file=sys.stderr,
-        )
-        return 2
     paths, unmatched = expand_inputs(args.images)
     for item in unmatched:
-        print(f"captioner: {item}: no such file, folder or matching image", file=sys.stderr)
+        _error(f"{item}: no such file, folder or matching image")
+    try:
+        cap = load_captioner(args.model)
+    except ModelError as e:
+        _error(str(e))
+        return 2
     if not paths:
+        _error("no images to caption")
         return 2
 
     import numpy as np
 
-    from captioner.backbones import load_backbone
     from captioner.decoding import StepDecoder, generate_captions
     from captioner.features import extract
-    from captioner.model import load_model
-    from captioner.text import load_vocabulary
 
-    meta = read_json(model_dir / "meta.json")
-    vocab = load_vocabulary(model_dir / "vocab.json")
-    try:
-        model = load_model(str(model_dir / "model.keras"), int(meta["feature_dim"]), len(vocab))
-    except ValueError as e:
-        print(f"captioner: {e}", file=sys.stderr)
-        return 2
-    backbone = load_backbone(meta["backbone"], meta.get("weights") or "imagenet")
-    extraction = extract(
-        paths, backbone, batch_size=args.batch_size, workers=2, progress=False, on_error="skip"
-    )
+    progress = sys.stderr.isatty()
+    extraction = extract(paths, cap.backbone, args.batch_size, args.workers, progress, on_error="skip")
     for path, reason in extraction.errors:
-        print(f"captioner: {path}: {reason}", file=sys.stderr)
+        _error(f"{path}: {reason}")
     ok = [p for p, good in zip(paths, extraction.ok_mask) if good]
-    feats = np.asarray(extraction.features[extraction.ok_mask], np.float32)
-    captions = generate_captions(
-        StepDecoder(model), feats, vocab, args.beam, args.max_length, 0.0, 64, progress=False
-    ) if len(ok) else []
-    for path, cap in zip(ok, captions):
-        text = " ".join(cap.words)
-        if args.json:
-            print(json.dumps({"image": str(path), "caption": text, "score": round(cap.logprob, 4)}))
-        else:
-            print(f"{path}\t{text}")
+    if ok:
+        feats = np.asarray(extraction.features[extraction.ok_mask], np.float32)
+        captions = generate_captions(
+            StepDecoder(cap.model), feats, cap.vocab, args.beam, args.max_length, 0.0, args.batch_size,
+            progress,
+        )
+        for path, c in zip(ok, captions):
+            print(caption_line(path, c.words, c.logprob, args.json), flush=True)
     return 1 if extraction.errors or unmatched else 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="captioner", description="Image captioning with a DVC-trained merge model.")
+    ap = argparse.ArgumentParser(prog="captioner", description="Image captioning with a DVC-trained model.")
     sub = ap.add_subparsers(dest="command", required=True)
-    cap = sub.add_parser("caption", help="print a caption for each image")
-    cap.add_argument("images", nargs="+", help="image files, folders or globs")
+    cap = sub.add_parser(
+        "caption", help="print a caption for each image",
+        description="Caption images: one `path<TAB>caption` line each (or JSON lines with --json). "
+        "Unreadable images are reported on stderr and the others are still captioned.",
+    )
+    cap.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     cap.add_argument("--model", default="data/model", help="trained model folder (default: %(default)s)")
-    cap.add_argument("--beam", type=int, default=3, help="beam width; 1 = greedy (default: %(default)s)")
-    cap.add_argument("--max-length", type=int, default=40, help="words at most (default: %(default)s)")
-    cap.add_argument("--batch-size", type=int, default=32)
-    cap.add_argument("--json", action="store_true", help="one JSON object per line")
+    for flag, default, what in (
+        ("--beam", 3, "beam width; 1 = greedy"),
+        ("--max-length", 40, "words at most"),
+        ("--batch-size", 32, "images per batch"),
+        ("--workers", 1, "image-decoding threads"),
+    ):
+        cap.add_argument(flag, type=positive_int, default=default, help=f"{what} (default: %(default)s)")
+    cap.add_argument("--json", action="store_true", help='JSON lines: {"image", "caption", "score"}')
     cap.set_defaults(func=_caption)
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "beam", 1) < 1:
-        print("captioner: --beam must be at least 1", file=sys.stderr)
-        return 2
     return int(args.func(args))
 
 

@@ -1,0 +1,116 @@
+"""`captioner caption`: inputs (files, folders, globs), --json, and errors that say what is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captioner.cli import expand_inputs, main
+from captioner.io import write_json
+from captioner.model import build_merge_model
+from captioner.text import build_vocabulary, save_vocabulary
+
+CAPTIONS = ["startseq a red square endseq", "startseq a blue circle on grey endseq"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A small untrained captioner over EfficientNet-Lite0 with random weights ("none"): fast, 1280-d."""
+    out = tmp_path_factory.mktemp("model")
+    vocab = build_vocabulary(CAPTIONS, 1)
+    build_merge_model(len(vocab), 1280, 8, 8, 0.0).save(out / "model.keras")
+    save_vocabulary(out / "vocab.json", vocab)
+    write_json(out / "meta.json", {"backbone": "efficientnet_lite0", "weights": "none",
+                                   "feature_dim": 1280, "vocab_size": len(vocab)})
+    return out
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """photos/{a.png, trip/b.JPG, trip/c.webp, broken.jpg (not an image), notes.txt}."""
+    root = tmp_path / "photos"
+    (root / "trip").mkdir(parents=True)
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(root / "a.png")
+    Image.new("RGB", (50, 90), (30, 30, 200)).save(root / "trip" / "b.JPG", "JPEG")
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(root / "trip" / "c.webp", "WEBP")
+    (root / "broken.jpg").write_bytes(b"this is not a JPEG")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_expand_inputs_files_folders_globs(photos: Path) -> None:
+    paths, unmatched = expand_inputs([
+        str(photos / "trip"), str(photos / "*.png"), str(photos / "trip" / "b.JPG"),  # b.JPG twice: kept once
+        str(photos / "notes.txt"), str(photos / "**" / "*.webp"), str(photos / "none*.png"), "missing.jpg",
+    ])
+    names = [p.relative_to(photos).as_posix() for p in paths]
+    assert names == ["trip/b.JPG", "trip/c.webp", "a.png", "notes.txt"]  # an explicit file is always tried
+    assert unmatched == [str(photos / "none*.png"), "missing.jpg"]
+    every, _ = expand_inputs([str(photos)])
+    assert [p.name for p in every] == ["a.png", "broken.jpg", "b.JPG", "c.webp"]  # folders: images only, recursive
+
+
+def test_missing_model_is_a_clear_error(photos: Path, tmp_path: Path, capsys) -> None:
+    assert main(["caption", str(photos / "a.png"), "--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"no trained model at {tmp_path / 'nowhere'}" in err and "model.keras" in err and "make repro" in err
+
+
+def test_bad_beam_is_a_usage_error(photos: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["caption", str(photos), "--beam", "0"])
+    assert exc.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_json_lines_and_unreadable_images_reported_per_file(model_dir: Path, photos: Path, capsys) -> None:
+    code = main(["caption", str(photos), str(photos / "nothing*.png"), "--model", str(model_dir),
+                 "--json", "--beam", "2", "--max-length", "6"])
+    out, err = capsys.readouterr()
+    assert code == 1  # some inputs failed, the others were captioned
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["image"]).name for r in rows] == ["a.png", "b.JPG", "c.webp"]
+    for r in rows:
+        assert set(r) == {"image", "caption", "score"} and isinstance(r["caption"], str)
+        assert len(r["caption"].split()) <= 6 and r["score"] <= 0.0
+    assert f"{photos / 'broken.jpg'}: not a recognised image format" in err
+    assert f"{photos / 'nothing*.png'}: no such file, folder or matching image" in err
+
+
+def test_plain_output_for_a_glob(model_dir: Path, photos: Path, capsys) -> None:
+    assert main(["caption", str(photos / "trip" / "*"), "--model", str(model_dir), "--beam", "1", "--max-length", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(photos / "trip" / "b.JPG"), str(photos / "trip" / "c.webp")]
+
+
+def test_vocabulary_model_mismatch_is_a_clear_error(model_dir: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    save_vocabulary(other / "vocab.json", build_vocabulary([*CAPTIONS, "startseq three new words endseq"], 1))
+    assert main(["caption", str(photos / "a.png"), "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "the model predicts" in err and "vocabulary has" in err and "another vocabulary" in err
+
+
+def test_feature_dim_mismatch_is_a_clear_error(model_dir: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    write_json(other / "meta.json", {"backbone": "vgg16", "weights": "none", "feature_dim": 1280})
+    assert main(["caption", str(photos / "a.png"), "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "expects 1280-d features but backbone vgg16 gives 4096-d" in err
+
+
+def test_console_script(photos: Path, tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "captioner"
+    if not exe.exists():
+        pytest.skip(f"{exe}: console script not installed (pip install -e .)")
+    proc = subprocess.run([str(exe), "caption", str(photos / "a.png"), "--model", str(tmp_path / "none")],
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 2 and "no trained model at" in proc.stderr

@@ -1,0 +1,133 @@
+"""The evaluation gallery: selection order, embedded images, escaping, and a headless-Chromium render."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from captioner.gallery import bleu_rows, image_paths, render_gallery, select_examples, write_gallery
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 180, 20), "blue": (20, 20, 220)}
+
+
+def make_table(bleus: list[float]) -> pd.DataFrame:
+    ids = [f"img{i:02d}" for i in range(len(bleus))]
+    return pd.DataFrame({
+        "image_id": ids,
+        "caption": [f"caption of {i}" for i in ids],
+        "logprob": [-1.0] * len(ids),
+        "references": [[f"ref one of {i}", f"ref two of {i}"] for i in ids],
+        "bleu4": bleus,
+    })
+
+
+def test_select_examples_best_then_worst_then_sample_deterministic() -> None:
+    table = make_table([0.5, 0.9, 0.1, 0.7, 0.0, 0.3, 0.8, 0.2, 0.6, 0.4])
+    chosen = select_examples(table, 7)
+    assert list(chosen["group"]) == ["best"] * 3 + ["worst"] * 2 + ["sample"] * 2
+    assert list(chosen["bleu4"][:5]) == [0.9, 0.8, 0.7, 0.0, 0.1]  # best descending, worst ascending
+    sample = chosen[chosen["group"] == "sample"]
+    assert set(sample["bleu4"]) <= {0.2, 0.3, 0.4, 0.5, 0.6} and list(sample["bleu4"]) == sorted(sample["bleu4"], reverse=True)
+    shuffled = table.sample(frac=1.0, random_state=3)
+    pd.testing.assert_frame_equal(select_examples(shuffled, 7), chosen)  # row order does not matter
+    assert len(select_examples(table, 100)) == 10 and select_examples(table, 0).empty
+    assert list(select_examples(table, 2)["group"]) == ["best", "worst"]
+
+
+def test_select_examples_breaks_ties_by_image_id() -> None:
+    chosen = select_examples(make_table([0.0] * 6), 4)
+    assert list(chosen["image_id"][:3]) == ["img00", "img01", "img05"]  # best 2 by id, then worst from the end
+
+
+def write_png(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (400, 300)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+@pytest.fixture
+def gallery_inputs(tmp_path: Path) -> tuple[pd.DataFrame, dict[str, str], Path]:
+    table = make_table([0.9, 0.1, 0.5])
+    table.loc[0, "caption"] = 'a <script>alert("x")</script> & friends'
+    table.at[1, "references"] = ["<b>bold</b> reference", "plain & simple"]
+    paths = {}
+    for image_id, colour in zip(table["image_id"], COLOURS):
+        paths[image_id] = str(write_png(tmp_path / "imgs" / f"{image_id}.png", COLOURS[colour]).relative_to(tmp_path))
+    return table, paths, tmp_path
+
+
+def test_gallery_embeds_escapes_and_orders(gallery_inputs) -> None:
+    table, paths, root = gallery_inputs
+    out = root / "eval" / "gallery.html"
+    problems = write_gallery(out, table, paths, 3, "test <gallery>", {"BLEU4": "0.500"}, root=root, max_side=96)
+    page = out.read_text(encoding="utf-8")
+    assert problems == []
+    assert re.findall(r'data-image-id="([^"]+)"', page) == ["img00", "img01", "img02"]  # best, worst, sample
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == 3 and all(s.startswith("data:image/jpeg;base64,") for s in srcs)
+    thumb = Image.open(io.BytesIO(base64.b64decode(srcs[0].split(",", 1)[1])))
+    assert thumb.format == "JPEG" and max(thumb.size) == 96 and thumb.size == (96, 72)  # aspect kept
+    assert np.asarray(thumb.convert("RGB"))[36, 48].tolist() == pytest.approx(list(COLOURS["red"]), abs=12)
+    assert "<script>" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; friends" in page
+    assert "&lt;b&gt;bold&lt;/b&gt; reference" in page and "<title>test &lt;gallery&gt;</title>" in page
+    assert "http://" not in page and "https://" not in page and "default-src 'none'; img-src data:" in page
+    assert 'data-bleu4="0.9000"' in page and "0.900" in page
+
+
+def test_gallery_missing_image_is_a_placeholder_and_reported(gallery_inputs) -> None:
+    table, paths, root = gallery_inputs
+    (root / paths["img01"]).unlink()
+    del paths["img02"]
+    problems = write_gallery(root / "g.html", table, paths, 3, "t", root=root)
+    page = (root / "g.html").read_text()
+    assert len(problems) == 2 and "img01.png: file not found" in problems[0] and "img02: no image path" in problems[1]
+    assert page.count('<div class="missing">') == 2 and page.count("<img ") == 1
+
+
+def test_empty_caption_is_visible_and_helpers() -> None:
+    examples = select_examples(make_table([0.0]), 1).assign(caption="", src=None, problem="gone")
+    page = render_gallery(examples, "t")
+    assert "(empty caption)" in page and "image unavailable: gone" in page
+    assert bleu_rows({"bleu1": 0.91234, "bleu2": 0.8, "bleu3": 0.7, "bleu4": 0.6}) == [
+        {"bleu": "BLEU-1", "score": 0.9123}, {"bleu": "BLEU-2", "score": 0.8},
+        {"bleu": "BLEU-3", "score": 0.7}, {"bleu": "BLEU-4", "score": 0.6},
+    ]
+    assert image_paths(pd.DataFrame({"image_id": ["a"], "split": ["test"], "path": ["x/a.jpg"]})) == {"a": "x/a.jpg"}
+    with pytest.raises(ValueError, match="lacks column"):
+        select_examples(pd.DataFrame({"image_id": ["a"]}), 1)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--hide-scrollbars"]
+
+
+def screenshot(html: Path, png: Path, profile: Path, size: str = "1200,900") -> None:
+    """Render `html` with headless Chromium (the documented gallery check) into `png`."""
+    subprocess.run(
+        ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
+         f"--screenshot={png}", html.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+
+
+def test_gallery_renders_in_headless_chromium(gallery_inputs) -> None:
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium); "
+                    "this is the gallery's headless render check")
+    table, paths, root = gallery_inputs
+    write_gallery(root / "gallery.html", table, paths, 3, "captioner gallery", {"BLEU4": "0.500"}, root=root)
+    png = root / "gallery.png"
+    screenshot(root / "gallery.html", png, root / "chromium-profile")
+    shot = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert shot.shape[:2] == (900, 1200)
+    for name, colour in COLOURS.items():  # each embedded thumbnail was decoded and painted
+        near = (np.abs(shot - np.array(colour)).sum(axis=2) < 40).sum()
+        assert near > 5000, f"the {name} thumbnail is not visible in the screenshot"
