@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from captioner.io import atomic_path
+from captioner.io import atomic_path, exit_on_sigterm, reported_errors
 from captioner.params import SPLITS, load_params
 from captioner.sequences import encode_captions, save_sequences
 from captioner.text import load_vocabulary
 
 
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--text", default="data/text")
     ap.add_argument("--out", default="data/sequences")
@@ -30,4 +31,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported_errors("build_sequences"):
+        main()

@@ -5,12 +5,15 @@ import os
 from pathlib import Path
 
 from captioner.datasets import load_dataset
-from captioner.io import atomic_path, write_json
+from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
 from captioner.params import check_data_root, load_params
 from captioner.text import build_vocabulary, clean_caption, save_vocabulary, wrap
 
+REQUIRED_SPLITS = ("train", "dev")
+
 
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="data/text")
     args = ap.parse_args()
@@ -20,6 +23,12 @@ def main() -> None:
         check_data_root(params), data.layout, seed=data.seed,
         max_bad_fraction=data.max_bad_fraction,
     )
+    missing = [s for s in REQUIRED_SPLITS if s not in set(ds.captions["split"])]
+    if missing:
+        raise ValueError(
+            f"{data.root}: no usable image in the {' and '.join(missing)} split(s) (train builds the "
+            f"vocabulary and the model, dev stops training); reader report: {ds.report.get('ignored')}"
+        )
     caps = ds.captions.copy()
     cleaned = caps["caption"].map(clean_caption)
     n_long = int((cleaned.str.split().str.len() > text.max_words).sum())
@@ -52,4 +61,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported_errors("clean_text"):
+        main()

@@ -1,5 +1,6 @@
 """Stage: caption the evaluation split, score corpus BLEU-1..4, write the captions table,
-the BLEU plot data and an offline HTML gallery of the best, worst and sampled captions."""
+the BLEU plot data and an offline HTML gallery of the best, worst and sampled captions.
+Images without features (unreadable, skipped by extract_features) are not scored, and counted."""
 
 import argparse
 import sys
@@ -10,16 +11,17 @@ import pandas as pd
 
 from captioner.decoding import StepDecoder, generate_captions
 from captioner.evaluation import blind_caption, references_by_image, results_table, score
-from captioner.features import read_features
+from captioner.features import read_features, report_path
 from captioner.gallery import bleu_rows, image_paths, write_gallery
-from captioner.io import atomic_path, write_json
+from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
 from captioner.model import load_model
 from captioner.params import load_params
-from captioner.sequences import image_rows
+from captioner.sequences import feature_rows
 from captioner.text import load_vocabulary
 
 
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--features", required=True)
     ap.add_argument("--text", default="data/text")
@@ -34,9 +36,15 @@ def main() -> None:
     if not split_file.exists():
         raise SystemExit(f"evaluate.split: the data set has no '{p.split}' split ({split_file} missing)")
     refs = references_by_image(pd.read_parquet(split_file))
-    image_ids = sorted(refs)
     feat_ids, features, _ = read_features(args.features)
-    feats = features[image_rows(image_ids, feat_ids, args.features)]
+    rows, missing = feature_rows(sorted(refs), feat_ids)
+    if missing:
+        print(f"evaluate: {len(missing)} {p.split} image(s) have no features and are not scored "
+              f"(unreadable, see {report_path(args.features)}), e.g. {missing[:3]}", file=sys.stderr)
+    image_ids = [i for i, r in zip(sorted(refs), rows) if r >= 0]
+    if not image_ids:
+        raise SystemExit(f"evaluate: {args.features}: no features for any of the {len(refs)} {p.split} images")
+    feats = features[rows[rows >= 0]]
 
     vocab = load_vocabulary(Path(args.model) / "vocab.json")
     model = load_model(str(Path(args.model) / "model.keras"), features.shape[1], len(vocab))
@@ -66,8 +74,8 @@ def main() -> None:
     write_json(args.plot, bleu_rows(bleu))
     write_json(args.metrics, {
         **{k: round(v, 4) for k, v in bleu.items()},
-        "split": p.split, "images": len(image_ids), "beam_width": p.beam_width,
-        "decode_seconds": round(seconds, 2),
+        "split": p.split, "images": len(image_ids), "images_without_features": len(missing),
+        "beam_width": p.beam_width, "decode_seconds": round(seconds, 2),
         "blind_baseline": {**{k: round(v, 4) for k, v in blind_bleu.items()}, "caption": " ".join(blind)},
     })
     print(f"evaluate ({p.split}, {len(image_ids)} images, beam {p.beam_width}): "
@@ -76,4 +84,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported_errors("evaluate"):
+        main()

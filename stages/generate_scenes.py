@@ -3,10 +3,12 @@
 import argparse
 
 from captioner.datasets.scenes import generate_scenes
+from captioner.io import exit_on_sigterm, reported_errors
 from captioner.params import load_params
 
 
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="data/raw/scenes")
     args = ap.parse_args()
@@ -19,4 +21,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported_errors("generate_scenes"):
+        main()

@@ -43,7 +43,7 @@ def main() -> None:
         ids, img, rows[s], missing = drop_without_features(*load_sequences(path), feat_ids, f"{args.features} ({s})")
         seqs[s] = (ids, img)
         if missing:
-            print(f"train: {s}: dropped the captions of {len(missing)} image(s) without features "
+            print(f"train: dropped the captions of {len(missing)} {s} image(s) without features "
                   f"(unreadable, see {report_path(args.features)}), e.g. {missing[:3]}", file=sys.stderr)
 
     model = build_merge_model(len(vocab), features.shape[1], mp.embedding_dim, mp.units, mp.dropout)

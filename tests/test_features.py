@@ -70,9 +70,10 @@ def test_order_preserved_and_overlap_matches_sequential(images: list[Path], tiny
 def test_decoded_batches_sizes_and_order(images: list[Path]) -> None:
     batches = list(decoded_batches(images, SIZE, batch_size=4, workers=2))
     assert [len(b) for b in batches] == [4, 4, 3]
-    flat = [pixels for batch in batches for pixels, _ in batch]
+    flat = [d.pixels for batch in batches for d in batch]
     assert all(p.shape == (SIZE, SIZE, 3) for p in flat)
-    sequential = [pixels for batch in decoded_batches(images, SIZE, 4, 0) for pixels, _ in batch]
+    assert all(d.problem is None for batch in batches for d in batch)
+    sequential = [d.pixels for batch in decoded_batches(images, SIZE, 4, 0) for d in batch]
     assert all(np.array_equal(a, b) for a, b in zip(flat, sequential, strict=True))
 
 

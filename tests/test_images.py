@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.images import ImageError, decode, load_image, to_rgb
+from captioner.images import NOTE_KINDS, ImageError, decode, load_image, read_image, to_rgb
 
 SIZE = 32
 
@@ -134,3 +134,34 @@ def test_error_is_a_value_error_with_path(tmp_path: Path) -> None:
 def test_decompression_bomb_guard_is_kept() -> None:
     limit = Image.MAX_IMAGE_PIXELS
     assert limit is not None and 50_000_000 <= limit <= 500_000_000
+
+
+# ---------------------------------------------------------------- conversion notes
+
+
+def test_plain_rgb_jpeg_needs_no_conversion(tmp_path: Path) -> None:
+    loaded = read_image(_save(Image.new("RGB", (64, 48), (1, 2, 3)), tmp_path / "plain.jpg"), SIZE)
+    _check(loaded.pixels)
+    assert loaded.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("image", "name", "save", "expected"),
+    [
+        (Image.new("L", (40, 40), 9), "grey.png", {}, ("mode_converted: L -> RGB",)),
+        (Image.new("RGBA", (40, 40)), "a.png", {}, ("transparency_flattened: RGBA composited onto white",)),
+        (Image.new("RGB", (40, 40)), "p.jpg", {"format": "PNG"}, ("format_mismatch: PNG data in a .jpg file",)),
+        (Image.new("RGB", (3, 50)), "thin.png", {}, ("tiny_upscaled: 3x50 image",)),
+    ],
+)
+def test_conversions_are_noted(tmp_path: Path, image: Image.Image, name: str, save: dict, expected: tuple) -> None:
+    loaded = read_image(_save(image, tmp_path / name, **save), SIZE)
+    _check(loaded.pixels)
+    assert loaded.notes == expected
+    assert all(n.split(":")[0] in NOTE_KINDS for n in loaded.notes)
+
+
+def test_tiny_is_judged_on_the_stored_size_not_the_decoded_one(tmp_path: Path) -> None:
+    path = _save(Image.new("RGB", (64, 64), (9, 9, 9)), tmp_path / "draft.jpg")
+    assert read_image(path, 8, tiny_side=32).notes == ("reduced_on_decode: 64x64 JPEG decoded at 8x8",)
+    assert read_image(path, 8, tiny_side=100).notes[0] == "tiny_upscaled: 64x64 image"

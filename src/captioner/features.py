@@ -7,33 +7,53 @@ The network runs through ``Backbone.forward`` (a ``tf.function``, no XLA), never
 Feature file: Parquet with columns ``image_id`` (string) and ``feature``
 (fixed_size_list<float32>[D]); schema metadata holds ``backbone``, ``feature_dim`` and any
 other metadata given to :func:`write_features` (values stored as strings).
+
+Bad images: with ``on_error="skip"`` an undecodable, empty, truncated, missing or non-image
+file becomes a failed row (listed in `Extraction.errors`) and decodable-but-unusual ones are
+converted and listed in `Extraction.notes`; :func:`extraction_report` and
+:func:`check_bad_images` turn that into the report file and the ``max_bad_images`` threshold.
+
+Resuming: given a shard folder, every finished batch is persisted there as a small Parquet
+shard (atomically), and a rerun reads back the shards whose images are unchanged instead of
+recomputing them. Batches keep their boundaries, so the result is bit for bit the one of an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from captioner.images import ImageError, load_image
+from captioner.images import ImageError, read_image
 from captioner.io import atomic_path
 
 if TYPE_CHECKING:
     from captioner.backbones import Backbone
 
 OnError = Literal["raise", "skip"]
-# One decoded image: (pixels, None) or, when skipping, (None, problem).
-Decoded = tuple[np.ndarray | None, str | None]
+SHARD_FORMAT = "captioner-feature-shard/1"
+DEFAULT_MAX_EXAMPLES = 20
+
+
+class Decoded(NamedTuple):
+    """One decoded image: pixels, or (when skipping) None and the problem; conversion notes."""
+
+    pixels: np.ndarray | None
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,27 +63,48 @@ class Extraction:
     features: (N, D) float32 in input order; rows of images that failed to load are NaN.
     ok_mask: (N,) bool, False where the image failed.
     errors: (path, problem) for each failed image, in input order.
+    notes: (path, note) for each conversion a decodable image needed (see images.NOTE_KINDS).
+    resumed: how many images were read back from shards of an interrupted run.
     """
 
     features: np.ndarray
     ok_mask: np.ndarray
     errors: list[tuple[str, str]]
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    resumed: int = 0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One batch's outcome, as persisted in a shard: per image its path, file stamp, feature
+    row (NaN if it failed), problem (None if it loaded) and conversion notes."""
+
+    paths: list[str]
+    stamps: list[tuple[int, int]]
+    features: np.ndarray
+    problems: list[str | None]
+    notes: list[tuple[str, ...]]
 
 
 def _decode(path: Path, size: int, on_error: OnError) -> Decoded:
-    """Load one image; with on_error="skip" an ImageError becomes (None, problem)."""
+    """Load one image; with on_error="skip" any failure becomes Decoded(None, problem)."""
     try:
-        return load_image(path, size), None
+        loaded = read_image(path, size)
+        return Decoded(loaded.pixels, None, loaded.notes)
     except ImageError as e:
         if on_error == "raise":
             raise
-        return None, e.problem
+        return Decoded(None, e.problem)
+    except Exception as e:  # a decoder bug on a hostile file must not stop 8,000 good ones
+        if on_error == "raise":
+            raise ImageError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
+        return Decoded(None, f"cannot decode image ({type(e).__name__}: {e})")
 
 
 def _stack(decoded: list[Decoded], size: int) -> np.ndarray:
     """Stack a batch of decoded images; failed ones become black placeholders."""
     blank = np.zeros((size, size, 3), np.uint8)
-    return np.stack([blank if pixels is None else pixels for pixels, _ in decoded])
+    return np.stack([blank if d.pixels is None else d.pixels for d in decoded])
 
 
 def decoded_batches(
@@ -111,6 +152,100 @@ def decoded_batches(
                     f.cancel()
 
 
+# ---------------------------------------------------------------- shards of an interrupted run
+
+
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(size, mtime in ns) of a file, (-1, -1) if it cannot be stat'ed: a changed file changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def extraction_key(paths: Sequence[str | os.PathLike[str]], config: Mapping[str, Any]) -> str:
+    """Short hash naming the shard folder of one extraction: the image list and `config`
+    (backbone, weights, input size, batch size, code and library versions...)."""
+    h = hashlib.sha256(json.dumps(dict(config), sort_keys=True, default=str).encode())
+    for p in paths:
+        h.update(b"\0" + os.fsencode(p))
+    return h.hexdigest()[:16]
+
+
+def shard_path(folder: Path, batch: int) -> Path:
+    """Where batch number `batch` of a run is persisted."""
+    return folder / f"batch-{batch:06d}.parquet"
+
+
+def write_shard(path: Path, result: BatchResult) -> None:
+    """Persist one finished batch atomically (Parquet, no pickle)."""
+    dim = result.features.shape[1]
+    table = pa.table(
+        {
+            "path": pa.array(result.paths, pa.string()),
+            "size": pa.array([s for s, _ in result.stamps], pa.int64()),
+            "mtime_ns": pa.array([m for _, m in result.stamps], pa.int64()),
+            "feature": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(result.features, np.float32).reshape(-1)), dim
+            ),
+            "problem": pa.array(result.problems, pa.string()),
+            "notes": pa.array([list(n) for n in result.notes], pa.list_(pa.string())),
+        }
+    ).replace_schema_metadata({"format": SHARD_FORMAT})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_shard(path: Path, paths: Sequence[str], dim: int) -> BatchResult | None:
+    """The persisted batch at `path` if it is for exactly `paths`, with unchanged files and
+    `dim`-d features; None (recompute it) if it is absent, unreadable or stale."""
+    try:
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        if meta.get(b"format") != SHARD_FORMAT.encode() or table.column("path").to_pylist() != list(paths):
+            return None
+        feat = table.column("feature").combine_chunks()
+        if feat.type.list_size != dim:
+            return None
+        stamps = list(zip(table.column("size").to_pylist(), table.column("mtime_ns").to_pylist()))
+        if stamps != [file_stamp(p) for p in paths]:
+            return None
+        features = feat.flatten().to_numpy(zero_copy_only=False).reshape(len(paths), dim)
+        return BatchResult(
+            list(paths), stamps, np.array(features, np.float32),
+            table.column("problem").to_pylist(), [tuple(n) for n in table.column("notes").to_pylist()],
+        )
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def _batch_result(paths: Sequence[Path], decoded: list[Decoded], out: np.ndarray) -> BatchResult:
+    """A finished batch: features with NaN rows where the image failed."""
+    features = np.array(out, np.float32)
+    problems = [d.problem for d in decoded]
+    for i, problem in enumerate(problems):
+        if problem is not None:
+            features[i] = np.nan
+    return BatchResult(
+        [str(p) for p in paths], [file_stamp(p) for p in paths], features, problems, [d.notes for d in decoded]
+    )
+
+
+def _assemble(results: Sequence[BatchResult], dim: int, resumed: int) -> Extraction:
+    """Concatenate batch results (in input order) into one Extraction."""
+    features = np.concatenate([r.features for r in results]) if results else np.empty((0, dim), np.float32)
+    problems = [pr for r in results for pr in r.problems]
+    paths = [p for r in results for p in r.paths]
+    ok = np.array([pr is None for pr in problems], bool)
+    errors = [(p, pr) for p, pr in zip(paths, problems) if pr is not None]
+    notes = [(p, n) for r in results for p, ns in zip(r.paths, r.notes) for n in ns]
+    return Extraction(features, ok, errors, notes, resumed)
+
+
 def extract(
     paths: Sequence[str | os.PathLike[str]],
     backbone: Backbone,
@@ -119,29 +254,100 @@ def extract(
     progress: bool = True,
     on_error: OnError = "raise",
     prefetch: int = 2,
+    shards: str | os.PathLike[str] | None = None,
 ) -> Extraction:
     """Extract features of `paths` with `backbone`; on_error="skip" reports bad images instead of raising.
 
-    With on_error="raise" the first bad image raises ImageError naming the file.
+    With on_error="raise" the first bad image raises ImageError naming the file. With a
+    `shards` folder, each finished batch is persisted there and batches already there (same
+    images, unchanged files) are read back instead of recomputed: an interrupted run resumes.
     """
     paths = [Path(p) for p in paths]
-    features = np.empty((len(paths), backbone.feature_dim), np.float32)
-    ok = np.ones(len(paths), bool)
-    errors: list[tuple[str, str]] = []
-    row = 0
-    batches = decoded_batches(paths, backbone.input_size, batch_size, workers, prefetch, on_error)
-    with tqdm(total=len(paths), unit="img", desc=f"features ({backbone.name})", disable=not progress) as bar:
-        for decoded in batches:
+    if batch_size < 1:
+        raise ValueError(f"need batch_size >= 1 (got {batch_size})")
+    spans = [paths[s : s + batch_size] for s in range(0, len(paths), batch_size)]
+    folder = Path(shards) if shards is not None else None
+    done: dict[int, BatchResult] = {}
+    if folder is not None and folder.is_dir():
+        for i, span in enumerate(spans):
+            if (r := read_shard(shard_path(folder, i), [str(p) for p in span], backbone.feature_dim)) is not None:
+                done[i] = r
+    resumed = sum(len(r.paths) for r in done.values())
+    todo = [i for i in range(len(spans)) if i not in done]
+    # Every span but the last is full, so the pending spans re-chunk to the same batches.
+    pending = [p for i in todo for p in spans[i]]
+    batches = decoded_batches(pending, backbone.input_size, batch_size, workers, prefetch, on_error)
+    with tqdm(
+        total=len(paths), initial=resumed, unit="img", desc=f"features ({backbone.name})", disable=not progress
+    ) as bar:
+        for i, decoded in zip(todo, batches, strict=True):
             out = backbone.forward(backbone.preprocess(_stack(decoded, backbone.input_size)))
-            features[row : row + len(decoded)] = out
-            for i, (_, problem) in enumerate(decoded, start=row):
-                if problem is not None:
-                    ok[i] = False
-                    features[i] = np.nan
-                    errors.append((str(paths[i]), problem))
-            row += len(decoded)
+            done[i] = _batch_result(spans[i], decoded, out)
+            if folder is not None:
+                write_shard(shard_path(folder, i), done[i])
             bar.update(len(decoded))
-    return Extraction(features, ok, errors)
+    return _assemble([done[i] for i in range(len(spans))], backbone.feature_dim, resumed)
+
+
+# ---------------------------------------------------------------- bad-image report and threshold
+
+
+def report_path(features_path: str | os.PathLike[str]) -> Path:
+    """The bad-image report beside a feature file: ``x.parquet`` -> ``x.report.json``."""
+    p = Path(features_path)
+    return p.with_name(f"{p.stem}.report.json")
+
+
+def partial_dir(features_path: str | os.PathLike[str]) -> Path:
+    """Folder for the shards of interrupted runs beside a feature file: ``x.parquet`` -> ``x.partial``.
+
+    Not a DVC output, so `dvc repro` leaves it in place between a killed run and the rerun.
+    """
+    p = Path(features_path)
+    return p.with_name(f"{p.stem}.partial")
+
+
+def extraction_report(
+    extraction: Extraction,
+    image_ids: Sequence[str],
+    paths: Sequence[str | os.PathLike[str]],
+    max_bad_images: float,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+) -> dict[str, Any]:
+    """JSON-ready report of an extraction of `paths` (parallel to `image_ids`): counts, every
+    skipped image with its problem, and the conversions by kind with a few examples each."""
+    id_of = {str(Path(p)): i for p, i in zip(paths, image_ids, strict=True)}
+    skipped = [{"image_id": id_of[p], "path": p, "problem": problem} for p, problem in extraction.errors]
+    converted: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    for p, note in extraction.notes:
+        kind, _, detail = note.partition(": ")
+        converted[kind] = converted.get(kind, 0) + 1
+        kept = examples.setdefault(kind, [])
+        if len(kept) < max_examples:
+            kept.append(f"{p}: {detail}")
+    return {
+        "images": len(image_ids),
+        "extracted": int(extraction.ok_mask.sum()),
+        "skipped": len(skipped),
+        "max_bad_images": max_bad_images,
+        "skipped_images": skipped,
+        "converted": dict(sorted(converted.items())),
+        "converted_examples": dict(sorted(examples.items())),
+    }
+
+
+def check_bad_images(n_bad: int, n_total: int, max_bad_images: float, report: str | os.PathLike[str]) -> None:
+    """Raise ValueError naming `report` when more than `max_bad_images` (a fraction) of the
+    images could not be read, or when none could."""
+    if n_total and n_bad == n_total:
+        raise ValueError(f"{report}: none of the {n_total} images could be read; see the list there")
+    if n_total and n_bad / n_total > max_bad_images:
+        raise ValueError(
+            f"{report}: {n_bad} of {n_total} images could not be read ({n_bad / n_total:.1%} > "
+            f"features.max_bad_images={max_bad_images:.1%}); fix or remove the files listed there, "
+            "or raise features.max_bad_images"
+        )
 
 
 def extract_features(

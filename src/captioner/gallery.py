@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from captioner.images import _DECODE_ERRORS, ImageError, decode, to_rgb
+from captioner.images import DECODE_ERRORS, ImageError, decode, to_rgb
 from captioner.io import atomic_path
 
 GROUPS: dict[str, str] = {
@@ -86,7 +86,7 @@ def thumbnail_data_uri(path: str | os.PathLike[str], max_side: int = 224, qualit
         im.save(buf, "JPEG", quality=quality, optimize=True)
     except FileNotFoundError:
         raise ImageError(p, "file not found") from None
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         raise ImageError(p, f"cannot decode image ({type(e).__name__}: {e})") from e
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 

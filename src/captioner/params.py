@@ -62,6 +62,7 @@ class FeaturesParams(_Section):
     weights: str = "imagenet"  # imagenet | none | path to a local weights file (vgg16)
     batch_size: int = Field(32, gt=0)
     workers: int = Field(2, gt=0)
+    max_bad_images: float = Field(0.01, ge=0.0, le=1.0)  # unreadable images are skipped; more is an error
 
 
 class SequencesParams(_Section):

@@ -45,12 +45,35 @@ def load_sequences(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         return data["ids"], data["image_ids"]
 
 
-def image_rows(image_ids: np.ndarray, feature_ids: Sequence[str], source: str = "features") -> np.ndarray:
-    """Row of each caption's image in the feature matrix; error naming missing images."""
+def feature_rows(image_ids: Sequence[str] | np.ndarray, feature_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Row of each caption's image in the feature matrix, -1 where it has none; and the
+    sorted image ids without features (e.g. unreadable images skipped by extract_features)."""
     where = {img: i for i, img in enumerate(feature_ids)}
-    missing = sorted({str(i) for i in image_ids if i not in where})
+    rows = np.array([where.get(str(i), -1) for i in image_ids], dtype=np.int64)
+    missing = sorted({str(i) for i, r in zip(image_ids, rows) if r < 0})
+    return rows, missing
+
+
+def drop_without_features(
+    ids: np.ndarray, image_ids: np.ndarray, feature_ids: Sequence[str], source: str = "features"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Keep the captions whose image has features: (ids, image_ids, feature rows) of those,
+    and the image ids dropped. Raises ValueError naming `source` if no caption is left."""
+    rows, missing = feature_rows(image_ids, feature_ids)
+    keep = rows >= 0
+    if len(rows) and not keep.any():
+        raise ValueError(
+            f"{source}: none of the {len(set(map(str, image_ids)))} captioned images has features, "
+            f"e.g. {missing[:5]}; were the features extracted from another data set?"
+        )
+    return ids[keep], image_ids[keep], rows[keep], missing
+
+
+def image_rows(image_ids: np.ndarray, feature_ids: Sequence[str], source: str = "features") -> np.ndarray:
+    """Row of each caption's image in the feature matrix; KeyError naming missing images."""
+    rows, missing = feature_rows(image_ids, feature_ids)
     if missing:
         raise KeyError(
             f"{source}: no features for {len(missing)} image(s) with captions, e.g. {missing[:5]}"
         )
-    return np.array([where[str(i)] for i in image_ids], dtype=np.int64)
+    return rows

@@ -17,6 +17,8 @@ SPLITS: tuple[str, ...] = ("train", "dev", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 DEFAULT_MAX_EXAMPLES = 20
 DEFAULT_MAX_BAD_FRACTION = 0.01
+CAPTIONS_PER_IMAGE = 5  # Flickr8k's; more is kept (valid captions) but noted in the report
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -37,11 +39,12 @@ class Dataset:
 
 @dataclass
 class ProblemReport:
-    """Counts of ignored / repaired items by reason, plus the first few examples of each."""
+    """Counts of ignored / repaired / merely noted items by reason, plus the first few examples."""
 
     max_examples: int = DEFAULT_MAX_EXAMPLES
     ignored: Counter[str] = field(default_factory=Counter)
     repaired: Counter[str] = field(default_factory=Counter)
+    noted: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def _note(self, counter: Counter[str], reason: str, where: str, detail: str) -> None:
@@ -58,11 +61,16 @@ class ProblemReport:
         """Count one item that was kept after fixing it (bad bytes, CRLF, missing #n...)."""
         self._note(self.repaired, reason, where, detail)
 
+    def note(self, reason: str, where: str, detail: str = "") -> None:
+        """Count one item that was kept as it is but is unusual (e.g. more than 5 captions)."""
+        self._note(self.noted, reason, where, detail)
+
     def as_dict(self) -> dict[str, Any]:
-        """Plain, JSON-ready form: {"ignored": {...}, "repaired": {...}, "examples": {...}}."""
+        """Plain, JSON-ready form: {"ignored": {...}, "repaired": {...}, "noted": {...}, "examples": {...}}."""
         return {
             "ignored": dict(sorted(self.ignored.items())),
             "repaired": dict(sorted(self.repaired.items())),
+            "noted": dict(sorted(self.noted.items())),
             "examples": {k: list(v) for k, v in sorted(self.examples.items())},
         }
 
@@ -75,11 +83,14 @@ def where(path: Path, lineno: int) -> str:
 def read_lines(path: Path, report: ProblemReport) -> list[tuple[int, str]]:
     """(1-based line number, text) of every line; CRLF/CR ends stripped, bad UTF-8 replaced.
 
-    Lines with undecodable bytes are kept (with U+FFFD) and counted as repaired.
-    A missing final newline is fine; an empty file gives [].
+    Lines with undecodable bytes are kept (with U+FFFD) and counted as repaired, as is a
+    UTF-8 byte-order mark (removed). A missing final newline is fine; an empty file gives [].
     """
     out: list[tuple[int, str]] = []
     raw = path.read_bytes()
+    if raw.startswith(UTF8_BOM):
+        raw = raw[len(UTF8_BOM) :]
+        report.repair("utf8_bom", where(path, 1), "byte-order mark removed")
     if not raw:
         return out
     lines = raw.split(b"\n")
@@ -203,11 +214,13 @@ def assemble(
     layout: str,
     report: ProblemReport,
     info: Mapping[str, Any],
+    captions_per_image: int = CAPTIONS_PER_IMAGE,
 ) -> Dataset:
     """Keep captions of images that are in a split and on disk; build the two tables + report.
 
     Captions of images in no split, split images missing on disk and split images without
     any caption are counted (and exemplified) in the report; nothing left is an error.
+    Images with more than `captions_per_image` captions keep them all and are noted.
     """
     on_disk = files_on_disk(image_dir)
     image_dir = image_dir.resolve()
@@ -238,6 +251,10 @@ def assemble(
             f"{info.get('root', image_dir)}: no image is at once captioned, in a split and on disk "
             f"(ignored: {dict(report.ignored)})"
         )
+    per_image = Counter(c.image_id for c in kept)
+    for image_id, n in sorted(per_image.items()):
+        if n > captions_per_image:
+            report.note(f"more_than_{captions_per_image}_captions", image_id, f"{n} captions, all kept")
     rank = {s: i for i, s in enumerate(SPLITS)}
     cap = pd.DataFrame(
         {
