@@ -13,8 +13,8 @@ from captioner.decoding import StepDecoder, generate_captions
 from captioner.evaluation import blind_caption, references_by_image, results_table, score
 from captioner.features import read_features, report_path
 from captioner.gallery import bleu_rows, image_paths, write_gallery
-from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
-from captioner.model import load_model
+from captioner.io import atomic_path, exit_on_sigterm, read_json, reported_errors, write_json
+from captioner.model import load_members
 from captioner.params import load_params
 from captioner.sequences import feature_rows
 from captioner.text import load_vocabulary
@@ -47,10 +47,11 @@ def main() -> None:
     feats = features[rows[rows >= 0]]
 
     vocab = load_vocabulary(Path(args.model) / "vocab.json")
-    model = load_model(str(Path(args.model) / "model.keras"), features.shape[1], len(vocab))
+    models = load_members(args.model, read_json(Path(args.model) / "meta.json"), features.shape[1], len(vocab))
     start = time.perf_counter()
     captions = generate_captions(
-        StepDecoder(model), feats, vocab, p.beam_width, p.max_length, p.length_penalty, p.batch_size
+        StepDecoder(models), feats, vocab, p.beam_width, p.max_length, p.length_penalty, p.batch_size,
+        block_repeat_ngram=p.block_repeat_ngram,
     )
     seconds = time.perf_counter() - start
     hyps = [c.words for c in captions]

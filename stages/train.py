@@ -33,7 +33,6 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     mp, tp = params.model, params.train
-    keras.utils.set_random_seed(tp.seed)
 
     vocab = load_vocabulary(Path(args.text) / "vocab.json")
     feat_ids, features, meta = read_features(args.features)
@@ -46,37 +45,50 @@ def main() -> None:
             print(f"train: dropped the captions of {len(missing)} {s} image(s) without features "
                   f"(unreadable, see {report_path(args.features)}), e.g. {missing[:3]}", file=sys.stderr)
 
-    model = build_merge_model(len(vocab), features.shape[1], mp.embedding_dim, mp.units, mp.dropout)
-    compile_model(model, tp.learning_rate, tp.label_smoothing)
-    train = make_dataset(seqs["train"][0], rows["train"], features, tp.batch_size, tp.bucket_width, tp.seed)
-    dev = make_dataset(seqs["dev"][0], rows["dev"], features, tp.batch_size, tp.bucket_width, None)
-    n_words = int((seqs["train"][0][:, 1:] != 0).sum())
-    print(f"train: {len(seqs['train'][0])} captions ({n_words} words), vocabulary {len(vocab)}, "
-          f"{features.shape[1]}-d {meta.get('backbone')} features")
+    train_ids, dev_ids = seqs["train"][0], seqs["dev"][0]
+    n_words = int((train_ids[:, 1:] != 0).sum())
+    print(f"train: {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
+          f"{features.shape[1]}-d {meta.get('backbone')} features, {tp.ensemble} model(s)")
+    dev = make_dataset(dev_ids, rows["dev"], features, tp.batch_size, tp.bucket_width, None)
 
     with atomic_path(args.live) as live_dir:  # a killed run leaves the old curves or none
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)  # dvc.yaml declares outputs
         start = time.perf_counter()
-        result = fit(
-            model, train, dev, tp.epochs, tp.patience, callbacks=[DVCLiveCallback(live=live)],
-            verbose=1 if sys.stdout.isatty() else 2,  # a bar with ETA on a terminal, a line per epoch in logs
-            lr_factor=tp.lr_factor, lr_patience=tp.lr_patience,
-        )
+        models, results = [], []
+        for member in range(tp.ensemble):  # member i trains with seed + i; curves of member 0
+            keras.utils.set_random_seed(tp.seed + member)
+            model = build_merge_model(len(vocab), features.shape[1], mp.embedding_dim, mp.units, mp.dropout)
+            compile_model(model, tp.learning_rate, tp.label_smoothing)
+            train = make_dataset(train_ids, rows["train"], features, tp.batch_size, tp.bucket_width,
+                                 tp.seed + member)
+            results.append(fit(
+                model, train, dev, tp.epochs, tp.patience,
+                callbacks=[DVCLiveCallback(live=live)] if member == 0 else [],
+                verbose=1 if sys.stdout.isatty() else 2,  # a bar with ETA on a terminal, a line per epoch in logs
+                lr_factor=tp.lr_factor, lr_patience=tp.lr_patience,
+            ))
+            models.append(model)
         seconds = time.perf_counter() - start
+        result = results[0]
+        epochs_run = sum(r.epochs_run for r in results)
         live.summary.update(
             best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,
             epochs_run=result.epochs_run, train_seconds=round(seconds, 1),
-            train_words_per_s=round(n_words * result.epochs_run / seconds, 1),
+            train_words_per_s=round(n_words * epochs_run / seconds, 1),
         )
+        if tp.ensemble > 1:
+            live.summary["members_best_val_loss"] = [round(r.best_val_loss, 4) for r in results]
         live.make_summary()
 
+        members = ["model.keras"] + [f"model_{i}.keras" for i in range(1, len(models))]
         with atomic_path(args.out) as tmp:
             tmp.mkdir()
-            model.save(tmp / "model.keras")
+            for name, model in zip(members, models):
+                model.save(tmp / name)
             save_vocabulary(tmp / "vocab.json", vocab)
             write_json(tmp / "meta.json", {
                 "backbone": meta.get("backbone"), "weights": meta.get("weights"),
-                "feature_dim": int(features.shape[1]), "vocab_size": len(vocab),
+                "feature_dim": int(features.shape[1]), "vocab_size": len(vocab), "members": members,
                 "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
             })
     print(f"train: best epoch {result.best_epoch}/{result.epochs_run}, val loss "

@@ -55,3 +55,17 @@ def test_label_smoothing_loss_matches_keras_at_zero_and_ignores_padding() -> Non
     changed = logits.copy()
     changed[:, 3:] = 100.0  # padded positions: any logits give the same loss
     assert float(smoothed_masked_loss(0.1)(y, changed)) == pytest.approx(smoothed, rel=1e-6)
+
+
+def test_load_members_of_an_ensemble_folder(tmp_path, toy) -> None:
+    from captioner.model import load_members, member_files
+
+    toy["model"].save(tmp_path / "model.keras")
+    toy["model"].save(tmp_path / "model_1.keras")
+    meta = {"members": ["model.keras", "model_1.keras"]}
+    assert len(load_members(tmp_path, meta, 8, len(toy["vocab"]))) == 2
+    assert member_files({}) == ["model.keras"]  # folders written before ensembles existed
+    with pytest.raises(ValueError, match="members"):
+        member_files({"members": []})
+    with pytest.raises(ValueError, match="model_2.keras"):
+        load_members(tmp_path, {"members": ["model.keras", "model_2.keras"]})

@@ -86,12 +86,14 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     run(["git", "commit", "-qm", "repro"], project)
 
     # A train param: only train and evaluate are stale, and only they rerun.
-    set_params(project, {"train": {"learning_rate": 0.002}})
+    set_params(project, {"train": {"learning_rate": 0.002, "ensemble": 2}})
     status = run(["dvc", "status"], project)
     assert "train:" in status and "extract_features:" not in status and "clean_text:" not in status
     out = run(["dvc", "repro"], project)
     assert ran_stages(out) == {"train", "evaluate"}
     assert "Stage 'extract_features' didn't change, skipping" in out
+    meta = json.loads((project / "data/model/meta.json").read_text())
+    assert meta["members"] == ["model.keras", "model_1.keras"]  # evaluate decoded with both
 
     # An evaluate param: only evaluate.
     set_params(project, {"evaluate": {"beam_width": 1}})

@@ -37,7 +37,7 @@ class ModelError(Exception):
 class Captioner:
     """A trained model folder, loaded and checked: model, its vocabulary and its CNN backbone."""
 
-    model: keras.Model
+    models: list[keras.Model]  # one, or the members of an ensemble
     vocab: Vocabulary
     backbone: Backbone
 
@@ -83,14 +83,14 @@ def load_captioner(model_dir: str | os.PathLike[str]) -> Captioner:
         )
     from captioner.backbones import load_backbone  # TensorFlow loads only once a model is there
     from captioner.io import read_json
-    from captioner.model import load_model
+    from captioner.model import load_members
     from captioner.text import load_vocabulary
 
     try:
         meta: dict[str, Any] = read_json(folder / "meta.json")
         vocab = load_vocabulary(folder / "vocab.json")
         backbone_name, feature_dim = str(meta["backbone"]), int(meta["feature_dim"])
-        model = load_model(str(folder / "model.keras"), feature_dim, len(vocab))
+        models = load_members(folder, meta, feature_dim, len(vocab))
     except (KeyError, TypeError) as e:
         raise ModelError(f"{folder / 'meta.json'}: missing or bad entry {e}") from None
     except ValueError as e:
@@ -104,7 +104,7 @@ def load_captioner(model_dir: str | os.PathLike[str]) -> Captioner:
             f"{folder / 'meta.json'}: the model expects {feature_dim}-d features but backbone "
             f"{backbone_name} gives {backbone.feature_dim}-d"
         )
-    return Captioner(model, vocab, backbone)
+    return Captioner(models, vocab, backbone)
 
 
 def caption_line(path: Path, words: Sequence[str], score: float, as_json: bool) -> str:
@@ -145,7 +145,7 @@ def _caption(args: argparse.Namespace) -> int:
     if ok:
         feats = np.asarray(extraction.features[extraction.ok_mask], np.float32)
         captions = generate_captions(
-            StepDecoder(cap.model), feats, cap.vocab, args.beam, args.max_length, 0.0, args.batch_size,
+            StepDecoder(cap.models), feats, cap.vocab, args.beam, args.max_length, 0.0, args.batch_size,
             progress,
         )
         for path, c in zip(ok, captions):

@@ -10,6 +10,8 @@ Layers carry fixed names so that `captioner.decoding` can run them one word at a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 from keras import layers, ops
 
@@ -63,3 +65,18 @@ def load_model(path: str, feature_dim: int | None = None, vocab_size: int | None
             "(was it trained with another vocabulary?)"
         )
     return model
+
+
+def member_files(meta: dict) -> list[str]:
+    """File names of a model folder's ensemble members (meta.json "members"; one model by default)."""
+    members = meta.get("members", ["model.keras"])
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise ValueError(f"meta.json: 'members' must be a non-empty list of file names, got {members!r}")
+    return members
+
+
+def load_members(
+    folder: str | Path, meta: dict, feature_dim: int | None = None, vocab_size: int | None = None
+) -> list[keras.Model]:
+    """Load every member model of a trained model folder, each checked like `load_model`."""
+    return [load_model(str(Path(folder) / name), feature_dim, vocab_size) for name in member_files(meta)]

@@ -91,6 +91,7 @@ class TrainParams(_Section):
     lr_factor: float = Field(1.0, gt=0.0, le=1.0)  # multiply the LR by this when val loss stalls; 1 = off
     lr_patience: int = Field(1, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    ensemble: int = Field(1, ge=1)  # models trained (seeds seed, seed+1, ...); decoding averages them
     bucket_width: int = Field(4, ge=1)  # captions of similar length share a batch
 
 
