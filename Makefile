@@ -35,11 +35,16 @@ repro: $(STAMP) git-ready
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## Real Flickr8k: the Flickr8k preset as a tracked experiment on DATA, scored on SPLIT.
+## Real Flickr8k: the Flickr8k preset as a tracked experiment on DATA, scored on SPLIT
+## (target `evaluate`: the generated scenes are not needed).
 flickr8k: $(STAMP) git-ready
 	$(BIN)/dvc exp run $$($(BIN)/python -m captioner.params --preset presets/flickr8k.yaml) \
-		-S data.root=$(DATA) -S evaluate.split=$(SPLIT)
+		-S data.root=$(DATA) -S evaluate.split=$(SPLIT) evaluate
 	$(BIN)/dvc metrics show
+
+## Benchmarks (docs/BENCHMARKS.md): the whole suite on DATA -> metrics/bench.json, docs/scaling.png.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --data $(DATA)
 
 clean:
 	rm -rf data/raw data/text data/features data/sequences data/model data/eval

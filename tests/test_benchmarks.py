@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import extract, inference, repro, run_all, scaling, train_vs_seed
+from benchmarks import extract, inference, report, repro, run_all, scaling, train_vs_seed
 from captioner.datasets.scenes import generate_scenes
 
 
@@ -56,6 +56,8 @@ def test_quick_benchmarks_write_their_parts_and_merge(bench_dir: Path) -> None:
     written = json.loads(out.read_text())
     assert set(run_all.REQUIRED) - written.keys() == {"repro_full_s", "repro_train_change_s"}
     assert set(written["parts"]) == set(parts)
+    table = report.render(written)
+    assert "`extract_fraction_of_raw`" in table and "Quick run" in table
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -57,8 +58,9 @@ class Vocabulary:
         if len(set(self.tokens)) != len(self.tokens):
             raise ValueError("vocabulary has duplicate tokens")
 
-    @property
+    @functools.cached_property
     def index(self) -> dict[str, int]:
+        """Token -> id, built once per vocabulary (callers must not modify it)."""
         return {t: i for i, t in enumerate(self.tokens)}
 
     def __len__(self) -> int:
