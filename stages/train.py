@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
