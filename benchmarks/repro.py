@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from captioner.params import update_params_file  # noqa: E402
 
 FULL = {"clean_text", "extract_features", "build_sequences", "train", "evaluate"}
 
@@ -102,11 +103,7 @@ def make_slice(corpus: common.Corpus, dst: Path, n_train: int, n_dev: int) -> Pa
 
 
 def set_params(project: Path, updates: dict) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    update_params_file(project / "params.yaml", updates)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from captioner.params import update_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,11 +51,7 @@ def copy_project(dst: Path) -> None:
 
 
 def set_params(project: Path, updates: dict) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    update_params_file(project / "params.yaml", updates)
 
 
 def ran_stages(output: str) -> set[str]:

@@ -192,6 +192,15 @@ def preset_overrides(path: str | Path, base: str | Path = "params.yaml") -> list
             for k, v in flatten(preset).items()]
 
 
+def update_params_file(path: str | Path, updates: dict[str, dict[str, object]]) -> None:
+    """Merge `{section: {key: value}}` into a params.yaml file (for scripts and tests)."""
+    p = Path(path)
+    params = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    for section, values in updates.items():
+        params.setdefault(section, {}).update(values)
+    p.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m captioner.params [--preset FILE]`: validate params.yaml, or print a preset's
     overrides as `-S key=value` arguments for `dvc exp run`."""
