@@ -1,5 +1,6 @@
-"""Stage: one CNN feature vector per image of every split -> Parquet, and a report of the
-images skipped (unreadable) or converted (odd format, mode, orientation, size) beside it.
+"""Stage: one CNN feature vector (or, with features.spatial=grid, one per image region) per
+image of every split -> Parquet, and a report of the images skipped (unreadable) or converted
+(odd format, mode, orientation, size) beside it.
 
 Each finished batch is persisted under `<out stem>.partial/<key>/` (not a DVC output, so
 `dvc repro` keeps it after a killed run): a rerun resumes there and gives the same file bit
@@ -52,6 +53,7 @@ def run_config(backbone: Backbone, weights: str, batch_size: int) -> dict[str, A
     return {
         "backbone": backbone.name, "weights": weights, "weights_file": file_stamp(weights),
         "input_size": backbone.input_size, "feature_dim": backbone.feature_dim, "batch_size": batch_size,
+        "grid": backbone.grid,
         "code": code_digest(code),
         "versions": {m: getattr(importlib.import_module(m), "__version__", "?") for m in LIBRARIES},
     }
@@ -76,9 +78,10 @@ def main() -> None:
     images = ds.images.sort_values("image_id").reset_index(drop=True)
     ids = list(images["image_id"])
     paths = [os.path.relpath(p) for p in images["path"]]  # report and shards: project-relative
-    backbone = load_backbone(feat.backbone, feat.weights)
+    backbone = load_backbone(feat.backbone, feat.weights, feat.spatial)
     shards = partial / extraction_key(paths, run_config(backbone, feat.weights, feat.batch_size))
-    print(f"extract_features: {len(images)} images with {backbone.name} ({backbone.feature_dim}-d)")
+    shape = f"{backbone.grid[0]} regions x {backbone.grid[1]}-d" if backbone.grid else f"{backbone.feature_dim}-d"
+    print(f"extract_features: {len(images)} images with {backbone.name} ({shape}, {feat.dtype})")
     result = extract(
         paths, backbone, batch_size=feat.batch_size, workers=feat.workers, on_error="skip", shards=shards
     )
@@ -100,9 +103,13 @@ def main() -> None:
     check_bad_images(len(result.errors), len(paths), max_bad, report_file)
 
     ok = result.ok_mask
+    # A pooled file keeps exactly its old metadata; a grid file says how to unflatten it.
+    grid = {"spatial": "grid", "regions": backbone.grid[0], "channels": backbone.grid[1]} if backbone.grid else {}
     write_features(
         args.out, [i for i, good in zip(ids, ok) if good], result.features[ok],
-        {"backbone": backbone.name, "weights": feat.weights, "feature_dim": backbone.feature_dim},
+        {"backbone": backbone.name, "weights": feat.weights, "feature_dim": backbone.feature_dim,
+         **grid},
+        dtype=feat.dtype,
     )
     shutil.rmtree(partial, ignore_errors=True)
     if result.errors:

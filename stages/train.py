@@ -1,4 +1,5 @@
-"""Stage: train the merge captioner with masked teacher forcing; keep the best epoch.
+"""Stage: train the captioner (model.kind: merge or attention) with masked teacher forcing;
+keep the best epoch.
 
 Captions whose image has no features (unreadable, skipped by extract_features) are dropped
 and counted. The model folder and the dvclive folder are both written atomically."""
@@ -14,7 +15,7 @@ from dvclive.keras import DVCLiveCallback
 
 from captioner.features import read_features, report_path
 from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
-from captioner.model import build_merge_model
+from captioner.model import build_attention_model, build_merge_model
 from captioner.params import load_params
 from captioner.sequences import drop_without_features, load_sequences
 from captioner.text import load_vocabulary, save_vocabulary
@@ -44,10 +45,26 @@ def main() -> None:
             print(f"train: dropped the captions of {len(missing)} {s} image(s) without features "
                   f"(unreadable, see {report_path(args.features)}), e.g. {missing[:3]}", file=sys.stderr)
 
+    grid = meta.get("spatial") == "grid"
+    if grid != (mp.kind == "attention"):
+        raise ValueError(
+            f"{args.features}: model.kind={mp.kind} needs {'grid' if mp.kind == 'attention' else 'pooled'} "
+            f"features but the file holds {'grid' if grid else 'pooled'} ones (features.spatial)"
+        )
+
+    def build() -> keras.Model:
+        if mp.kind == "merge":
+            return build_merge_model(len(vocab), features.shape[1], mp.embedding_dim, mp.units, mp.dropout)
+        return build_attention_model(
+            len(vocab), int(meta["regions"]), int(meta["channels"]), mp.embedding_dim, mp.units,
+            mp.attention_dim, mp.dropout, mp.attention_reg,
+        )
+
     train_ids, dev_ids = seqs["train"][0], seqs["dev"][0]
     n_words = int((train_ids[:, 1:] != 0).sum())
-    print(f"train: {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
-          f"{features.shape[1]}-d {meta.get('backbone')} features, {tp.ensemble} model(s)")
+    shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.shape[1]}-d"
+    print(f"train: {mp.kind} model, {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
+          f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s)")
     dev = make_dataset(dev_ids, rows["dev"], features, tp.batch_size, tp.bucket_width, None)
 
     with atomic_path(args.live) as live_dir:  # a killed run leaves the old curves or none
@@ -56,7 +73,7 @@ def main() -> None:
         models, results = [], []
         for member in range(tp.ensemble):  # member i trains with seed + i; curves of member 0
             keras.utils.set_random_seed(tp.seed + member)
-            model = build_merge_model(len(vocab), features.shape[1], mp.embedding_dim, mp.units, mp.dropout)
+            model = build()
             compile_model(model, tp.learning_rate, tp.label_smoothing)
             train = make_dataset(train_ids, rows["train"], features, tp.batch_size, tp.bucket_width,
                                  tp.seed + member)
@@ -88,6 +105,7 @@ def main() -> None:
             write_json(tmp / "meta.json", {
                 "backbone": meta.get("backbone"), "weights": meta.get("weights"),
                 "feature_dim": int(features.shape[1]), "vocab_size": len(vocab), "members": members,
+                "kind": mp.kind, "spatial": "grid" if grid else "pooled",
                 "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
             })
     print(f"train: best epoch {result.best_epoch}/{result.epochs_run}, val loss "

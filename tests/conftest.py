@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny trained merge model on a toy colour task."""
+"""Shared fixtures: tiny trained merge and attention models on toy colour tasks."""
 
 import os
 
@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from captioner.model import build_merge_model  # noqa: E402
+from captioner.model import build_attention_model, build_merge_model  # noqa: E402
 from captioner.sequences import encode_captions  # noqa: E402
 from captioner.text import build_vocabulary  # noqa: E402
 from captioner.training import compile_model, fit, make_dataset  # noqa: E402
@@ -36,3 +36,30 @@ def toy() -> dict:
     val = make_dataset(ids, np.arange(n), feats, 16, 2, seed=None)
     result = fit(model, train, val, epochs=12, patience=3, verbose=0)
     return {"model": model, "vocab": vocab, "feats": feats, "cls": cls, "ids": ids, "result": result}
+
+
+TOY_REGIONS, TOY_CHANNELS = 4, 8
+
+
+@pytest.fixture(scope="session")
+def toy_attention() -> dict:
+    """The colour task over a grid: one of 4 regions holds the colour, the others hold noise."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    n = 320
+    cls = rng.integers(0, len(COLOURS), n)
+    where = rng.integers(0, TOY_REGIONS, n)
+    grid = 0.05 * rng.standard_normal((n, TOY_REGIONS, TOY_CHANNELS)).astype(np.float32)
+    grid[np.arange(n), where, cls] += 1.0
+    grid[np.arange(n), where, 7] += 1.0  # "something is here"
+    feats = grid.reshape(n, -1).astype(np.float16)  # stored like a float16 grid file
+    caps = [f"startseq a {COLOURS[c]} thing endseq" for c in cls]
+    vocab = build_vocabulary(caps, 1)
+    ids = encode_captions(caps, vocab, 8)
+    model = build_attention_model(len(vocab), TOY_REGIONS, TOY_CHANNELS, 16, 32, 16, 0.1, 0.1)
+    compile_model(model, 1e-2)
+    train = make_dataset(ids, np.arange(n), feats, 16, 2, seed=0)
+    val = make_dataset(ids, np.arange(n), feats, 16, 2, seed=None)
+    result = fit(model, train, val, epochs=15, patience=3, verbose=0)
+    return {"model": model, "vocab": vocab, "feats": feats, "cls": cls, "where": where, "ids": ids,
+            "result": result}

@@ -10,11 +10,11 @@ def test_step_decoder_matches_the_full_model(toy) -> None:
     model, feats, ids = toy["model"], toy["feats"][:4], toy["ids"][:4]
     full = tf.nn.log_softmax(model([feats, ids[:, :-1]])).numpy()
     dec = StepDecoder(model)
-    img = dec.project(feats)
-    h = np.zeros((4, dec.units), np.float32)
-    c = np.zeros_like(h)
+    img, h, c = dec.start(feats)
+    assert not h.any() and not c.any()  # the merge LSTM starts from zeros
     for t in range(4):
-        logp, h, c = dec.step(img, ids[:, t], h, c)
+        logp, h, c, alpha = dec.step(img, ids[:, t], h, c)
+        assert alpha.shape == (4, 0)
         np.testing.assert_allclose(logp, full[:, t], atol=1e-4)
 
 
@@ -28,13 +28,11 @@ def test_greedy_names_the_right_colour(toy) -> None:
 def test_greedy_equals_manual_argmax(toy) -> None:
     dec, vocab = StepDecoder(toy["model"]), toy["vocab"]
     feats = toy["feats"][:3]
-    img = dec.project(feats)
-    h = np.zeros((3, dec.units), np.float32)
-    c = np.zeros_like(h)
+    img, h, c = dec.start(feats)
     words = np.full(3, vocab.index["startseq"], np.int32)
     manual = [[] for _ in range(3)]
     for _ in range(6):
-        logp, h, c = dec.step(img, words, h, c)
+        logp, h, c, _ = dec.step(img, words, h, c)
         logp[:, [0, 1, 2]] = -np.inf
         words = logp.argmax(1).astype(np.int32)
         for i, w in enumerate(words):

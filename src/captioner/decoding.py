@@ -2,7 +2,8 @@
 
 Calling `model.predict` once per word is far too slow in Keras 3; instead the trained
 layers are run one word at a time inside one `tf.function`: embedding -> LSTM cell ->
-add image -> dense -> log-softmax, for a whole batch of (image, beam) rows at once.
+(attention over the regions) -> add image -> dense -> log-softmax, for a whole batch of
+(image, beam) rows at once.
 """
 
 from __future__ import annotations
@@ -17,74 +18,141 @@ import tensorflow as tf
 from captioner.text import END, PAD, START, UNK, Vocabulary
 
 
-class StepDecoder:
-    """One-word-at-a-time view of a trained merge model, or of an ensemble of them.
+class _Merge:
+    """One merge model, one word at a time. Image state: the image branch's (N, units) vector."""
 
-    An ensemble averages the members' next-word probabilities; their LSTM states and image
-    vectors are concatenated side by side, so beam search sees one state of `units` columns.
+    def __init__(self, model: keras.Model) -> None:
+        self.layers = {n: model.get_layer(n) for n in ("image_dense", "embedding", "decoder_dense", "logits")}
+        self.cell = model.get_layer("lstm").cell
+        self.units = int(self.cell.units)
+        self.width = self.units
+        self.regions = 0
+
+    def start(self, features: tf.Tensor):
+        image = self.layers["image_dense"](features)
+        zeros = tf.zeros_like(image)
+        return image, zeros, zeros
+
+    def step(self, image: tf.Tensor, words: tf.Tensor, h: tf.Tensor, c: tf.Tensor):
+        la = self.layers
+        emb = tf.gather(la["embedding"].embeddings, words)  # no mask: one word per row
+        out, (h2, c2) = self.cell(emb, [h, c], training=False)
+        return tf.nn.log_softmax(la["logits"](la["decoder_dense"](out + image))), h2, c2, None
+
+
+class _Attention:
+    """One attention model, one word at a time. Image state: its region values and attention
+    keys, flattened to (N, R * (units + attention_dim)) so that beams and ensembles stay 2-d."""
+
+    def __init__(self, model: keras.Model) -> None:
+        names = ("regions", "region_dense", "init_h", "init_c", "embedding", "decoder_dense", "logits")
+        self.layers = {n: model.get_layer(n) for n in names}
+        self.att = model.get_layer("attention")
+        self.cell = model.get_layer("lstm").cell
+        self.units = int(self.cell.units)
+        self.regions = int(self.layers["regions"].target_shape[0])
+        self.att_dim = int(self.att.attention_dim)
+        self.width = self.regions * (self.units + self.att_dim)
+
+    def start(self, features: tf.Tensor):
+        la = self.layers
+        values = la["region_dense"](la["regions"](features))  # (N, R, units)
+        mean = tf.reduce_mean(values, axis=1)
+        keys = self.att.keys(values)
+        n = tf.shape(values)[0]
+        image = tf.concat([tf.reshape(values, [n, -1]), tf.reshape(keys, [n, -1])], axis=1)
+        return image, la["init_h"](mean), la["init_c"](mean)
+
+    def step(self, image: tf.Tensor, words: tf.Tensor, h: tf.Tensor, c: tf.Tensor):
+        la, r = self.layers, self.regions
+        values, keys = tf.split(image, [r * self.units, r * self.att_dim], axis=1)
+        values = tf.reshape(values, [-1, r, self.units])
+        keys = tf.reshape(keys, [-1, r, self.att_dim])
+        emb = tf.gather(la["embedding"].embeddings, words)
+        out, (h2, c2) = self.cell(emb, [h, c], training=False)
+        alpha = self.att.weights_for(keys, out[:, None])[:, 0]  # (N, R)
+        context = tf.einsum("nr,nrd->nd", alpha, values)
+        return tf.nn.log_softmax(la["logits"](la["decoder_dense"](out + context))), h2, c2, alpha
+
+
+class StepDecoder:
+    """One-word-at-a-time view of a trained captioner (merge or attention), or of an ensemble.
+
+    An ensemble averages the members' next-word probabilities; their image states and LSTM
+    states are concatenated side by side, so beam search sees 2-d arrays whatever the members.
+    `regions` > 0 when some member attends over regions: `step` then also returns the
+    attention weights (averaged over the attention members).
     """
 
     def __init__(self, models: keras.Model | Sequence[keras.Model]) -> None:
-        members = [models] if isinstance(models, keras.Model) else list(models)
-        if not members:
+        from captioner.model import model_kind, model_signature
+
+        models = [models] if isinstance(models, keras.Model) else list(models)
+        if not models:
             raise ValueError("StepDecoder needs at least one model")
-        self._layers = [
-            {name: m.get_layer(name) for name in ("image_dense", "embedding", "decoder_dense", "logits")}
-            | {"cell": m.get_layer("lstm").cell}
-            for m in members
-        ]
-        vocab_sizes = {int(la["logits"].kernel.shape[1]) for la in self._layers}
-        dims = {int(la["image_dense"].kernel.shape[0]) for la in self._layers}
-        if len(vocab_sizes) > 1 or len(dims) > 1:
-            raise ValueError(f"ensemble members disagree: vocab sizes {vocab_sizes}, feature dims {dims}")
-        self._splits = [int(la["cell"].units) for la in self._layers]
+        signatures = {model_signature(m) for m in models}
+        if len(signatures) > 1:
+            raise ValueError(f"ensemble members disagree on (feature dim, vocab size): {sorted(signatures)}")
+        self._members = [_Attention(m) if model_kind(m) == "attention" else _Merge(m) for m in models]
+        regions = {m.regions for m in self._members if m.regions}
+        if len(regions) > 1:
+            raise ValueError(f"ensemble members attend over different region counts: {sorted(regions)}")
+        self.regions = regions.pop() if regions else 0
+        self._widths = [m.width for m in self._members]
+        self._splits = [m.units for m in self._members]
         self.units = sum(self._splits)
-        dim, u = dims.pop(), self.units
-        self._project = tf.function(
-            self._project_impl, input_signature=[tf.TensorSpec((None, dim), tf.float32)]
-        )
+        dim, _ = signatures.pop()
+        self._start = tf.function(self._start_impl, input_signature=[tf.TensorSpec((None, dim), tf.float32)])
         self._step = tf.function(
             self._step_impl,
             input_signature=[
-                tf.TensorSpec((None, u), tf.float32),
+                tf.TensorSpec((None, sum(self._widths)), tf.float32),
                 tf.TensorSpec((None,), tf.int32),
-                tf.TensorSpec((None, u), tf.float32),
-                tf.TensorSpec((None, u), tf.float32),
+                tf.TensorSpec((None, self.units), tf.float32),
+                tf.TensorSpec((None, self.units), tf.float32),
             ],
         )
 
-    def _project_impl(self, features: tf.Tensor) -> tf.Tensor:
-        return tf.concat([la["image_dense"](features) for la in self._layers], axis=1)
+    def _start_impl(self, features: tf.Tensor):
+        parts = [m.start(features) for m in self._members]
+        return tuple(tf.concat([p[i] for p in parts], axis=1) for i in range(3))
 
     def _step_impl(self, image: tf.Tensor, words: tf.Tensor, h: tf.Tensor, c: tf.Tensor):
-        logps, hs, cs = [], [], []
-        parts = zip(self._layers, *(tf.split(t, self._splits, axis=1) for t in (image, h, c)))
-        for la, img_i, h_i, c_i in parts:
-            emb = tf.gather(la["embedding"].embeddings, words)  # no mask: one word per row
-            out, (h2, c2) = la["cell"](emb, [h_i, c_i], training=False)
-            logps.append(tf.nn.log_softmax(la["logits"](la["decoder_dense"](out + img_i))))
+        logps, hs, cs, alphas = [], [], [], []
+        images = tf.split(image, self._widths, axis=1)
+        hs_in, cs_in = tf.split(h, self._splits, axis=1), tf.split(c, self._splits, axis=1)
+        for m, img_i, h_i, c_i in zip(self._members, images, hs_in, cs_in):
+            logp, h2, c2, alpha = m.step(img_i, words, h_i, c_i)
+            logps.append(logp)
             hs.append(h2)
             cs.append(c2)
+            if alpha is not None:
+                alphas.append(alpha)
         n = float(len(logps))
         logp = logps[0] if n == 1 else tf.reduce_logsumexp(tf.stack(logps), axis=0) - tf.math.log(n)
-        return logp, tf.concat(hs, axis=1), tf.concat(cs, axis=1)
+        alpha = tf.reduce_mean(tf.stack(alphas), axis=0) if alphas else tf.zeros([tf.shape(words)[0], 0])
+        return logp, tf.concat(hs, axis=1), tf.concat(cs, axis=1), alpha
 
-    def project(self, features: np.ndarray) -> np.ndarray:
-        """Image features -> the image branch's hidden vector(s)."""
-        return self._project(tf.constant(features, tf.float32)).numpy()
+    def start(self, features: np.ndarray) -> tuple[tf.Tensor, np.ndarray, np.ndarray]:
+        """Image features -> (image state (a tensor, reused every step), initial h, initial c)."""
+        image, h, c = self._start(tf.constant(features, tf.float32))
+        return image, h.numpy(), c.numpy()
 
-    def step(self, image: np.ndarray, words: np.ndarray, h: np.ndarray, c: np.ndarray):
-        """Log-probabilities of the next word and the new LSTM state."""
-        logp, h2, c2 = self._step(image, words.astype(np.int32), h, c)
-        return logp.numpy(), h2.numpy(), c2.numpy()
+    def step(self, image: tf.Tensor, words: np.ndarray, h: np.ndarray, c: np.ndarray):
+        """Log-probabilities of the next word, the new LSTM state and the attention weights
+        ((N, regions); (N, 0) without attention members)."""
+        logp, h2, c2, alpha = self._step(image, tf.constant(words, tf.int32), h, c)
+        return logp.numpy(), h2.numpy(), c2.numpy(), alpha.numpy()
 
 
 @dataclass(frozen=True)
 class Caption:
-    """A generated caption: its words and total log-probability."""
+    """A generated caption: its words, total log-probability and, when asked of an attention
+    model, the attention weights over the regions while producing each word (words x regions)."""
 
     words: list[str]
     logprob: float
+    attention: np.ndarray | None = None
 
 
 def _length_norm(lengths: np.ndarray, alpha: float) -> np.ndarray:
@@ -119,22 +187,26 @@ def beam_search(
     max_length: int = 40,
     length_penalty: float = 0.0,
     block_repeat_ngram: int = 0,
+    attention: bool = False,
 ) -> list[Caption]:
     """Decode one batch of images; width 1 is greedy. Stops at endseq or `max_length` words.
 
     Beams are ranked by total log-probability while searching; the final beam is chosen by
     log-probability divided by the GNMT length penalty when `length_penalty` > 0. With
     `block_repeat_ngram` = n > 0, no caption repeats an n-gram ("a man in a red shirt and a
-    man in a red shirt ...").
+    man in a red shirt ..."). With `attention` (and an attention model), each caption keeps
+    the attention weights of its words.
     """
     n, k = len(features), beam_width
     idx = vocab.index
     start, end = idx[START], idx[END]
     banned = [idx[PAD], idx[START], idx[UNK]]
 
-    image = np.repeat(decoder.project(features), k, axis=0)  # (n*k, units)
-    h = np.zeros((n * k, decoder.units), np.float32)
-    c = np.zeros_like(h)
+    image, h, c = decoder.start(features)
+    image = tf.repeat(image, k, axis=0)  # (n*k, width): stays a tensor, fed to every step as is
+    h, c = np.repeat(h, k, axis=0), np.repeat(c, k, axis=0)
+    r = decoder.regions if attention else 0
+    atts = np.zeros((n, k, 0, r), np.float32)
     words = np.full(n * k, start, np.int32)
     scores = np.full((n, k), -np.inf, np.float32)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -143,7 +215,7 @@ def beam_search(
     lengths = np.zeros((n, k), np.int32)
 
     for _ in range(max_length + 1):  # + 1 so that max_length words can still end
-        logp, h, c = decoder.step(image, words, h, c)
+        logp, h, c, alpha = decoder.step(image, words, h, c)
         vsize = logp.shape[1]
         logp[:, banned] = -np.inf
         if block_repeat_ngram > 0:
@@ -164,6 +236,9 @@ def beam_search(
         rows = (np.arange(n)[:, None] * k + beam).ravel()
         h, c = h[rows], c[rows]
         seqs = np.concatenate([np.take_along_axis(seqs, beam[:, :, None], axis=1), token[:, :, None]], axis=2)
+        if r:
+            step_att = np.take_along_axis(alpha.reshape(n, k, r), beam[:, :, None], axis=1)
+            atts = np.concatenate([np.take_along_axis(atts, beam[:, :, None, None], axis=1), step_att[:, :, None]], 2)
         was_done = np.take_along_axis(done, beam, axis=1)
         lengths = np.take_along_axis(lengths, beam, axis=1) + (~was_done)
         done = was_done | (token == end)
@@ -177,8 +252,9 @@ def beam_search(
     out = []
     for i in range(n):
         ids = seqs[i, best[i]].tolist()
-        words_i = [vocab.tokens[t] for t in ids if t not in (0, end)]
-        out.append(Caption(words_i[:max_length], float(scores[i, best[i]])))
+        words_i = [vocab.tokens[t] for t in ids if t not in (0, end)][:max_length]
+        att_i = atts[i, best[i], : len(words_i)] if r else None  # real words come first
+        out.append(Caption(words_i, float(scores[i, best[i]]), att_i))
     return out
 
 
@@ -192,6 +268,7 @@ def generate_captions(
     batch_size: int,
     progress: bool = True,
     block_repeat_ngram: int = 0,
+    attention: bool = False,
 ) -> list[Caption]:
     """Beam search over all images in batches, with a progress bar."""
     from tqdm.auto import tqdm
@@ -201,7 +278,9 @@ def generate_captions(
         for i in range(0, len(features), batch_size):
             chunk = features[i : i + batch_size]
             out.extend(
-                beam_search(decoder, chunk, vocab, beam_width, max_length, length_penalty, block_repeat_ngram)
+                beam_search(
+                    decoder, chunk, vocab, beam_width, max_length, length_penalty, block_repeat_ngram, attention
+                )
             )
             bar.update(len(chunk))
     return out

@@ -5,8 +5,10 @@ batches ahead of the network, so the CPU decodes batch k+1.. while the model run
 The network runs through ``Backbone.forward`` (a ``tf.function``, no XLA), never ``model.predict``.
 
 Feature file: Parquet with columns ``image_id`` (string) and ``feature``
-(fixed_size_list<float32>[D]); schema metadata holds ``backbone``, ``feature_dim`` and any
-other metadata given to :func:`write_features` (values stored as strings).
+(fixed_size_list<float32 or float16>[D]); schema metadata holds ``backbone``, ``feature_dim``
+and any other metadata given to :func:`write_features` (values stored as strings). A region
+grid (for the attention decoder) is stored flattened, D = regions * channels, with
+``regions`` and ``channels`` in the metadata.
 
 Bad images: with ``on_error="skip"`` an undecodable, empty, truncated, missing or non-image
 file becomes a failed row (listed in `Extraction.errors`) and decodable-but-unusual ones are
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from captioner.backbones import Backbone
 
 OnError = Literal["raise", "skip"]
+FEATURE_DTYPES = ("float32", "float16")
 SHARD_FORMAT = "captioner-feature-shard/1"
 DEFAULT_MAX_EXAMPLES = 20
 
@@ -366,13 +369,21 @@ def write_features(
     image_ids: Sequence[str],
     features: np.ndarray,
     metadata: dict[str, str | int],
+    dtype: str = "float32",
 ) -> None:
     """Write ids and (N, D) features as Parquet, atomically; `metadata` must name the ``backbone``.
 
     ``feature_dim`` is added to the schema metadata (and must agree with D if given).
+    `dtype`: "float32" or "float16" (half the size; values beyond +-65504 are an error).
     """
     p = Path(path)
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"{p}: dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     feats = np.ascontiguousarray(features, dtype=np.float32)
+    if dtype == "float16":
+        if feats.size and np.abs(feats).max() > np.finfo(np.float16).max:
+            raise ValueError(f"{p}: features exceed the float16 range; store them as float32")
+        feats = feats.astype(np.float16)
     if feats.ndim != 2 or feats.shape[1] < 1:
         raise ValueError(f"{p}: features must be (N, D) with D >= 1, got shape {feats.shape}")
     if len(image_ids) != len(feats):
@@ -395,7 +406,7 @@ def write_features(
 
 
 def read_features(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """Read a feature file: (image ids, (N, D) float32 features, schema metadata).
+    """Read a feature file: (image ids, (N, D) float32 or float16 features, schema metadata).
 
     The feature array is a zero-copy view of Arrow memory when possible, hence may be read-only.
     """
@@ -411,8 +422,8 @@ def read_features(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, 
         raise ValueError(f"{p}: missing column(s) {missing}; found {table.column_names}")
     ids_col, feat_col = table.column("image_id"), table.column("feature").combine_chunks()
     ftype = feat_col.type
-    if not (pa.types.is_fixed_size_list(ftype) and ftype.value_type == pa.float32()):
-        raise ValueError(f"{p}: column 'feature' is {ftype}, expected fixed_size_list<float32>")
+    if not (pa.types.is_fixed_size_list(ftype) and ftype.value_type in (pa.float32(), pa.float16())):
+        raise ValueError(f"{p}: column 'feature' is {ftype}, expected fixed_size_list<float32 or float16>")
     if not pa.types.is_string(ids_col.type):
         raise ValueError(f"{p}: column 'image_id' is {ids_col.type}, expected string")
     if ids_col.null_count or feat_col.null_count or feat_col.flatten().null_count:

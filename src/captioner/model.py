@@ -1,11 +1,27 @@
-"""Model builders: the seed's "merge" captioner, from plain arguments.
+"""Model builders: the seed's "merge" captioner and a soft-attention captioner.
 
-image feature -> dropout -> dense(units, relu) ──┐
-caption ids -> embedding(mask) -> dropout -> LSTM ┴─ add -> dense(units, relu) -> logits
+merge (model.kind=merge), over one pooled feature vector per image:
 
-The model outputs logits over the vocabulary for every position of the input caption
-(teacher forcing over whole captions); softmax is applied in the loss and at decoding.
-Layers carry fixed names so that `captioner.decoding` can run them one word at a time.
+    image feature -> dropout -> dense(units, relu) ──┐
+    caption ids -> embedding(mask) -> dropout -> LSTM ┴─ add -> dense(units, relu) -> logits
+
+attention (model.kind=attention), over a grid of region features (e.g. 7x7x1280):
+
+    regions -> dropout -> dense(units, relu) = V ──── mean -> dense(tanh) -> LSTM h0, c0
+    caption ids -> embedding(mask) -> dropout -> LSTM(h0, c0) = h_t
+    alpha_t = softmax_r(w . tanh(K v_r + Q h_t)),  context_t = sum_r alpha_t,r v_r
+    h_t + context_t -> dense(units, relu) -> logits
+
+The attention looks at the regions from the LSTM's output at every word (the "spatial
+attention" of Lu et al. 2017) rather than feeding the context back into the LSTM input
+(Xu et al. 2015): the LSTM then runs as one fused layer over the whole caption and training
+stays parallel over words, which is what makes it trainable on a 2-core CPU. A
+doubly-stochastic penalty (Xu et al.) pushes each region to receive about one unit of
+attention over the caption.
+
+Both output logits over the vocabulary for every position of the input caption (teacher
+forcing over whole captions); softmax is applied in the loss and at decoding. Layers carry
+fixed names so that `captioner.decoding` can run them one word at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +30,8 @@ from pathlib import Path
 
 import keras
 from keras import layers, ops
+
+from captioner.text import END_ID
 
 IMAGE_INPUT, CAPTION_INPUT = "image", "caption"
 
@@ -40,9 +58,91 @@ def build_merge_model(
     return keras.Model([image, caption], logits, name="merge_captioner")
 
 
+@keras.saving.register_keras_serializable(package="captioner")
+class RegionAttention(layers.Layer):
+    """Soft additive attention of each caption position over the image regions.
+
+    call(values (B, R, D), queries (B, T, U), caption ids (B, T)) -> (context (B, T, D),
+    weights (B, T, R)). With `penalty` > 0 it adds penalty * mean_r (1 - sum_t alpha_t,r)^2
+    to the model's loss (doubly-stochastic attention), summing over the positions that predict
+    a word: neither padding nor endseq (after which nothing is predicted).
+    """
+
+    def __init__(self, attention_dim: int, penalty: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.attention_dim, self.penalty = attention_dim, penalty
+        self.keys = layers.Dense(attention_dim, use_bias=False, name="keys")
+        self.query = layers.Dense(attention_dim, name="query")
+        self.score = layers.Dense(1, use_bias=False, name="score")
+
+    def build(self, values_shape, queries_shape, ids_shape) -> None:
+        self.keys.build(values_shape)
+        self.query.build(queries_shape)
+        self.score.build((None, None, None, self.attention_dim))
+
+    def weights_for(self, keys, queries):
+        """Attention weights (B, T, R) of queries (B, T, U) over keys (B, R, A); or (N, R) of
+        (N, U) over (N, R, A) for one step."""
+        q = self.query(queries)  # (B, T, A) or (N, A)
+        e = self.score(ops.tanh(ops.expand_dims(keys, -3) + ops.expand_dims(q, -2)))
+        return ops.softmax(ops.squeeze(e, -1), axis=-1)
+
+    def call(self, values, queries, ids):
+        alpha = self.weights_for(self.keys(values), queries)  # (B, T, R)
+        context = ops.einsum("btr,brd->btd", alpha, values)
+        if self.penalty > 0:
+            real = ops.logical_and(ops.not_equal(ids, 0), ops.not_equal(ids, END_ID))
+            mask = ops.cast(real, alpha.dtype)[:, :, None]
+            coverage = ops.sum(alpha * mask, axis=1)  # (B, R): attention each region received
+            self.add_loss(self.penalty * ops.mean(ops.square(1.0 - coverage)))
+        return context, alpha
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "attention_dim": self.attention_dim, "penalty": self.penalty}
+
+
+def build_attention_model(
+    vocab_size: int,
+    regions: int,
+    channels: int,
+    embedding_dim: int,
+    units: int,
+    attention_dim: int,
+    dropout: float,
+    attention_reg: float,
+) -> keras.Model:
+    """The soft-attention model over (B, regions * channels) flattened grids; outputs (B, T, vocab) logits."""
+    image = keras.Input((regions * channels,), name=IMAGE_INPUT)
+    caption = keras.Input((None,), dtype="int32", name=CAPTION_INPUT)
+
+    grid = layers.Reshape((regions, channels), name="regions")(image)
+    grid = layers.Dropout(dropout, name="image_dropout")(grid)
+    values = layers.Dense(units, activation="relu", name="region_dense")(grid)  # (B, R, units)
+    mean = ops.mean(values, axis=1)
+    h0 = layers.Dense(units, activation="tanh", name="init_h")(mean)
+    c0 = layers.Dense(units, activation="tanh", name="init_c")(mean)
+
+    txt = layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(caption)
+    txt = layers.Dropout(dropout, name="text_dropout")(txt)
+    txt = layers.LSTM(units, return_sequences=True, name="lstm")(txt, initial_state=[h0, c0])
+
+    context, _ = RegionAttention(attention_dim, attention_reg, name="attention")(values, txt, caption)
+    # layers.Add drops the caption mask: padding is kept out of the loss by ignore_class=0 alone
+    # (a mask reaching the logits would become a sample weight and change the loss normalisation).
+    merged = layers.Add(name="add_context")([txt, context])
+    hidden = layers.Dense(units, activation="relu", name="decoder_dense")(merged)
+    logits = layers.Dense(vocab_size, name="logits")(hidden)
+    return keras.Model([image, caption], logits, name="attention_captioner")
+
+
+def model_kind(model: keras.Model) -> str:
+    """"attention" for a model with a region-attention layer, else "merge"."""
+    return "attention" if any(isinstance(la, RegionAttention) for la in model.layers) else "merge"
+
+
 def model_signature(model: keras.Model) -> tuple[int, int]:
-    """(feature_dim, vocab_size) a trained model expects."""
-    feature_dim = int(model.get_layer("image_dense").kernel.shape[0])
+    """(feature_dim, vocab_size) a trained model expects (for a grid: regions * channels)."""
+    feature_dim = int(model.get_layer(IMAGE_INPUT).output.shape[-1])
     vocab_size = int(model.get_layer("logits").kernel.shape[1])
     return feature_dim, vocab_size
 

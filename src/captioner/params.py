@@ -63,6 +63,8 @@ class FeaturesParams(_Section):
     batch_size: int = Field(32, gt=0)
     workers: int = Field(2, gt=0)
     max_bad_images: float = Field(0.01, ge=0.0, le=1.0)  # unreadable images are skipped; more is an error
+    spatial: Literal["pooled", "grid"] = "pooled"  # one vector per image, or the region grid (attention)
+    dtype: Literal["float32", "float16"] = "float32"  # stored precision (float16 halves a grid's size)
 
 
 class SequencesParams(_Section):
@@ -72,12 +74,14 @@ class SequencesParams(_Section):
 
 
 class ModelParams(_Section):
-    """The merge captioner's sizes."""
+    """The decoder: the seed's merge captioner, or soft attention over image regions."""
 
-    kind: Literal["merge"] = "merge"
+    kind: Literal["merge", "attention"] = "merge"
     embedding_dim: int = Field(256, gt=0)
     units: int = Field(256, gt=0)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    attention_dim: int = Field(256, gt=0)  # attention only: size of the additive-attention layer
+    attention_reg: float = Field(1.0, ge=0.0)  # attention only: doubly-stochastic penalty weight
 
 
 class TrainParams(_Section):
@@ -126,6 +130,10 @@ class Params(_Section):
             "none",
         ):
             raise ValueError("features.weights: efficientnet_lite0 takes 'imagenet' or 'none'")
+        if self.model.kind == "attention" and self.features.spatial != "grid":
+            raise ValueError("model.kind: 'attention' needs region features: set features.spatial: grid")
+        if self.model.kind == "merge" and self.features.spatial != "pooled":
+            raise ValueError("model.kind: 'merge' takes pooled features: set features.spatial: pooled")
         return self
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from captioner.io import read_json, write_json
 
 START, END, PAD, UNK = "startseq", "endseq", "<pad>", "<unk>"
+END_ID = 3  # every Vocabulary starts with PAD, UNK, START, END
 
 _POSSESSIVE = re.compile(r"(\w)'s\b")
 _NON_WORD = re.compile(r"[^a-z0-9]+")

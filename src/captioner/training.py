@@ -43,10 +43,12 @@ def plan_batches(
 
 
 def make_batch(ids: np.ndarray, image_rows: np.ndarray, features: np.ndarray, rows: np.ndarray) -> Batch:
-    """((image features, input ids), target ids) for `rows`, trimmed to their longest caption."""
+    """((image features, input ids), target ids) for `rows`, trimmed to their longest caption.
+
+    Features stored as float16 are widened to float32 here, one batch at a time."""
     width = int(caption_lengths(ids[rows]).max())
     seq = ids[rows, :width]
-    return (features[image_rows[rows]], seq[:, :-1]), seq[:, 1:]
+    return (features[image_rows[rows]].astype(np.float32, copy=False), seq[:, :-1]), seq[:, 1:]
 
 
 def make_dataset(

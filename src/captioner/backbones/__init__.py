@@ -25,7 +25,9 @@ class Backbone:
     """A feature extractor.
 
     `preprocess` maps a uint8 RGB batch (N, input_size, input_size, 3) to the float32 network
-    input; `model` maps that input to float32 (N, feature_dim) features.
+    input; `model` maps that input to float32 (N, feature_dim) features. A grid backbone
+    (`grid` = (regions, channels)) returns the last feature map before pooling, flattened
+    region by region: feature_dim = regions * channels.
     """
 
     name: str
@@ -33,6 +35,7 @@ class Backbone:
     feature_dim: int
     model: keras.Model
     preprocess: Callable[[np.ndarray], np.ndarray]
+    grid: tuple[int, int] | None = None
 
     @functools.cached_property
     def forward(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -57,31 +60,49 @@ def compile_forward(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: fn(tf.convert_to_tensor(x, tf.float32)).numpy()
 
 
-def _efficientnet_lite0(weights: str | os.PathLike[str]) -> Backbone:
+def flatten_grid(model: keras.Model, feature_map: keras.KerasTensor) -> tuple[keras.Model, tuple[int, int]]:
+    """A model from `model`'s input to `feature_map` (N, H, W, C) flattened to (N, H*W*C)."""
+    import keras
+
+    h, w, c = (int(d) for d in feature_map.shape[1:])
+    flat = keras.layers.Reshape((h * w * c,), name="regions")(feature_map)
+    return keras.Model(model.input, flat, name=f"{model.name}_grid"), (h * w, c)
+
+
+def _efficientnet_lite0(weights: str | os.PathLike[str], spatial: bool) -> Backbone:
     from captioner.backbones import efficientnet_lite0 as lite0
 
     model = lite0.load_efficientnet_lite0(weights, include_top=False)
-    return Backbone("efficientnet_lite0", lite0.LITE0.input_size, lite0.LITE0.head, model, lite0.preprocess)
+    if not spatial:
+        return Backbone("efficientnet_lite0", lite0.LITE0.input_size, lite0.LITE0.head, model, lite0.preprocess)
+    model, grid = flatten_grid(model, model.get_layer("avg_pool").input)  # 7x7x1280 at 224 px
+    return Backbone("efficientnet_lite0", lite0.LITE0.input_size, grid[0] * grid[1], model, lite0.preprocess, grid)
 
 
-def _vgg16(weights: str | os.PathLike[str]) -> Backbone:
+def _vgg16(weights: str | os.PathLike[str], spatial: bool) -> Backbone:
     from captioner.backbones import vgg16
 
-    model = vgg16.load_vgg16(weights)
-    return Backbone("vgg16", vgg16.INPUT_SIZE, int(model.output.shape[-1]), model, vgg16.preprocess)
+    model = vgg16.load_vgg16(weights, layer=vgg16.GRID_LAYER if spatial else vgg16.FEATURE_LAYER)
+    if not spatial:
+        return Backbone("vgg16", vgg16.INPUT_SIZE, int(model.output.shape[-1]), model, vgg16.preprocess)
+    model, grid = flatten_grid(model, model.output)  # block5_conv3: 14x14x512
+    return Backbone("vgg16", vgg16.INPUT_SIZE, grid[0] * grid[1], model, vgg16.preprocess, grid)
 
 
-_LOADERS: dict[str, Callable[[str | os.PathLike[str]], Backbone]] = {
+_LOADERS: dict[str, Callable[[str | os.PathLike[str], bool], Backbone]] = {
     "efficientnet_lite0": _efficientnet_lite0,
     "vgg16": _vgg16,
 }
 
 
-def load_backbone(name: str, weights: str | os.PathLike[str] = "imagenet") -> Backbone:
+def load_backbone(name: str, weights: str | os.PathLike[str] = "imagenet", spatial: str = "pooled") -> Backbone:
     """Build backbone `name` (one of BACKBONES).
 
     `weights`: "imagenet" (pretrained), "none" (random init, for tests) or a local weights file.
+    `spatial`: "pooled" (one vector per image) or "grid" (the last feature map, per region).
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}")
-    return _LOADERS[name](weights)
+    if spatial not in ("pooled", "grid"):
+        raise ValueError(f"unknown spatial mode {spatial!r}; use 'pooled' or 'grid'")
+    return _LOADERS[name](weights, spatial == "grid")

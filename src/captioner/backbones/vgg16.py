@@ -10,6 +10,7 @@ import numpy as np
 
 INPUT_SIZE = 224
 FEATURE_LAYER = "fc2"
+GRID_LAYER = "block5_conv3"  # 14x14x512 regions, for the attention decoder
 WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/vgg16/{WEIGHTS_FILE}"
 
