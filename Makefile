@@ -9,6 +9,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 DATA  ?= ../shared/flickr8k
 SPLIT ?= dev
+MODEL ?= merge
+PRESET_merge     := presets/flickr8k.yaml
+PRESET_attention := presets/flickr8k-attention.yaml
+PRESET := $(PRESET_$(MODEL))
 
 .PHONY: install git-ready repro test flickr8k bench clean
 
@@ -35,10 +39,11 @@ repro: $(STAMP) git-ready
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## Real Flickr8k: the Flickr8k preset as a tracked experiment on DATA, scored on SPLIT
-## (target `evaluate`: the generated scenes are not needed).
+## Real Flickr8k: the MODEL (merge | attention) preset as a tracked experiment on DATA, scored
+## on SPLIT (target `evaluate`: the generated scenes are not needed).
 flickr8k: $(STAMP) git-ready
-	$(BIN)/dvc exp run $$($(BIN)/python -m captioner.params --preset presets/flickr8k.yaml) \
+	@test -n "$(PRESET)" || { echo "make: MODEL must be merge or attention, not '$(MODEL)'"; exit 2; }
+	$(BIN)/dvc exp run $$($(BIN)/python -m captioner.params --preset $(PRESET)) \
 		-S data.root=$(DATA) -S evaluate.split=$(SPLIT) evaluate
 	$(BIN)/dvc metrics show
 

@@ -114,3 +114,37 @@ def test_console_script(photos: Path, tmp_path: Path) -> None:
     proc = subprocess.run([str(exe), "caption", str(photos / "a.png"), "--model", str(tmp_path / "none")],
                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 2 and "no trained model at" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def attention_dir(tmp_path_factory) -> Path:
+    """A small untrained attention captioner over the 7x7x1280 Lite0 grid (random weights)."""
+    from captioner.model import build_attention_model
+
+    out = tmp_path_factory.mktemp("attention")
+    vocab = build_vocabulary(CAPTIONS, 1)
+    build_attention_model(len(vocab), 49, 1280, 8, 8, 8, 0.0, 1.0).save(out / "model.keras")
+    save_vocabulary(out / "vocab.json", vocab)
+    write_json(out / "meta.json", {"backbone": "efficientnet_lite0", "weights": "none", "spatial": "grid",
+                                   "feature_dim": 49 * 1280, "vocab_size": len(vocab), "kind": "attention"})
+    return out
+
+
+def test_attention_map_sheets(attention_dir: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    maps = tmp_path / "maps"
+    code = main(["caption", str(photos / "a.png"), str(photos / "trip"), "--model", str(attention_dir),
+                 "--max-length", "4", "--json", "--attention-map", str(maps)])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["attention_map"]).name for r in rows] == ["a.attention.png", "b.attention.png", "c.attention.png"]
+    for r in rows:
+        sheet = Image.open(r["attention_map"])
+        n = len(r["caption"].split())
+        assert sheet.size == (min(max(n, 1), 5) * 160, -(-max(n, 1) // 5) * 182)
+
+
+def test_attention_map_of_a_merge_model_is_a_clear_error(model_dir: Path, photos: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    code = main(["caption", str(photos / "a.png"), "--model", str(model_dir), "--attention-map", str(tmp_path)])
+    assert code == 2
+    assert "merge model has no attention" in capsys.readouterr().err

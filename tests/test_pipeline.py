@@ -102,6 +102,26 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     assert "extract_features" not in ran_stages(out)
     assert {"clean_text", "build_sequences", "train", "evaluate"} <= ran_stages(out)
 
+    # The attention decoder: region features (float16) are extracted once ...
+    pooled = project / "data/features/efficientnet_lite0.parquet"
+    pooled_bytes = pooled.read_bytes()
+    set_params(project, {"features": {"spatial": "grid", "dtype": "float16"},
+                         "model": {"kind": "attention", "attention_dim": 8}})
+    assert ran_stages(run(["dvc", "repro"], project)) == {"extract_features", "train", "evaluate"}
+    meta = json.loads((project / "data/model/meta.json").read_text())
+    assert meta["kind"] == "attention" and meta["spatial"] == "grid" and meta["feature_dim"] == 49 * 1280
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
+    # ... a decoder-only change reuses them ...
+    set_params(project, {"model": {"attention_reg": 0.5}})
+    assert ran_stages(run(["dvc", "repro"], project)) == {"train", "evaluate"}
+    # ... and going back to the merge model restores the pooled features from DVC's run cache,
+    # byte for byte, without running the CNN.
+    set_params(project, {"features": {"spatial": "pooled", "dtype": "float32"}, "model": {"kind": "merge"}})
+    out = run(["dvc", "repro"], project)
+    assert "extract_features" not in ran_stages(out)
+    assert pooled.read_bytes() == pooled_bytes
+
 
 SHARED_FLICKR8K = REPO.parent / "shared" / "flickr8k"
 

@@ -1,6 +1,7 @@
 """The `captioner` command: caption your own photos with the pipeline's trained model.
 
     captioner caption photo.jpg holiday/ 'shots/*.png' --beam 3 --json
+    captioner caption photo.jpg --attention-map maps/    # attention models: where each word looked
 
 Exit status: 0 all images captioned; 1 some inputs were unreadable or matched nothing (the
 others are still captioned); 2 nothing to caption, or the model folder is missing or
@@ -96,7 +97,8 @@ def load_captioner(model_dir: str | os.PathLike[str]) -> Captioner:
     except ValueError as e:
         raise ModelError(str(e)) from None
     try:
-        backbone = load_backbone(backbone_name, str(meta.get("weights") or "imagenet"))
+        spatial = str(meta.get("spatial") or "pooled")  # grid: an attention model
+        backbone = load_backbone(backbone_name, str(meta.get("weights") or "imagenet"), spatial)
     except (ValueError, FileNotFoundError) as e:
         raise ModelError(f"{folder / 'meta.json'}: {e}") from None
     if backbone.feature_dim != feature_dim:
@@ -107,12 +109,26 @@ def load_captioner(model_dir: str | os.PathLike[str]) -> Captioner:
     return Captioner(models, vocab, backbone)
 
 
-def caption_line(path: Path, words: Sequence[str], score: float, as_json: bool) -> str:
-    """One output line: `path<TAB>caption`, or a JSON object {image, caption, score}."""
+def caption_line(
+    path: Path, words: Sequence[str], score: float, as_json: bool, attention_map: Path | None = None
+) -> str:
+    """One output line: `path<TAB>caption`, or a JSON object {image, caption, score[, attention_map]}."""
     text = " ".join(words)
     if as_json:
-        return json.dumps({"image": str(path), "caption": text, "score": round(score, 4)}, ensure_ascii=False)
+        extra = {"attention_map": str(attention_map)} if attention_map else {}
+        return json.dumps(
+            {"image": str(path), "caption": text, "score": round(score, 4), **extra}, ensure_ascii=False
+        )
     return f"{path}\t{text}"
+
+
+def map_path(folder: Path, image: Path, taken: set[Path]) -> Path:
+    """`folder/<image stem>.attention.png`, numbered when two inputs share a stem."""
+    out, n = folder / f"{image.stem}.attention.png", 1
+    while out in taken:
+        out, n = folder / f"{image.stem}-{n}.attention.png", n + 1
+    taken.add(out)
+    return out
 
 
 def _error(message: str) -> None:
@@ -137,6 +153,13 @@ def _caption(args: argparse.Namespace) -> int:
     from captioner.decoding import StepDecoder, generate_captions
     from captioner.features import extract
 
+    decoder = StepDecoder(cap.models)
+    maps = Path(args.attention_map) if args.attention_map else None
+    if maps is not None and not decoder.regions:
+        _error(f"{args.model}: a merge model has no attention to show; --attention-map needs a model "
+               "trained with model.kind: attention")
+        return 2
+
     progress = sys.stderr.isatty()
     extraction = extract(paths, cap.backbone, args.batch_size, args.workers, progress, on_error="skip")
     for path, reason in extraction.errors:
@@ -145,12 +168,29 @@ def _caption(args: argparse.Namespace) -> int:
     if ok:
         feats = np.asarray(extraction.features[extraction.ok_mask], np.float32)
         captions = generate_captions(
-            StepDecoder(cap.models), feats, cap.vocab, args.beam, args.max_length, 0.0, args.batch_size,
-            progress,
+            decoder, feats, cap.vocab, args.beam, args.max_length, 0.0, args.batch_size, progress,
+            attention=maps is not None,
         )
+        taken: set[Path] = set()
         for path, c in zip(ok, captions):
-            print(caption_line(path, c.words, c.logprob, args.json), flush=True)
+            out = None
+            if maps is not None:
+                out = map_path(maps, path, taken)
+                save_attention_map(out, path, cap.backbone.input_size, c.words, c.attention)
+            print(caption_line(path, c.words, c.logprob, args.json, out), flush=True)
     return 1 if extraction.errors or unmatched else 0
+
+
+def save_attention_map(out: Path, image: Path, size: int, words: Sequence[str], weights) -> None:
+    """Render and write one attention sheet (atomically) for `image` as the CNN saw it."""
+    from captioner.attention_map import render_attention
+    from captioner.images import read_image
+    from captioner.io import atomic_path
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet = render_attention(read_image(image, size).pixels, words, weights)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG")
 
 
 def positive_int(text: str) -> int:
@@ -178,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         cap.add_argument(flag, type=positive_int, default=default, help=f"{what} (default: %(default)s)")
     cap.add_argument("--json", action="store_true", help='JSON lines: {"image", "caption", "score"}')
+    cap.add_argument(
+        "--attention-map", metavar="DIR",
+        help="attention models: write DIR/<image>.attention.png, one panel per word lit where the model looked",
+    )
     cap.set_defaults(func=_caption)
     return ap
 
