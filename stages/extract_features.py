@@ -106,7 +106,7 @@ def main() -> None:
     # A pooled file keeps exactly its old metadata; a grid file says how to unflatten it.
     grid = {"spatial": "grid", "regions": backbone.grid[0], "channels": backbone.grid[1]} if backbone.grid else {}
     write_features(
-        args.out, [i for i, good in zip(ids, ok) if good], result.features[ok],
+        args.out, [i for i, good in zip(ids, ok) if good], result.features if ok.all() else result.features[ok],
         {"backbone": backbone.name, "weights": feat.weights, "feature_dim": backbone.feature_dim,
          **grid},
         dtype=feat.dtype,

@@ -149,6 +149,18 @@ def test_lite0_backbone_features_match_reference(reference: dict[str, np.ndarray
     np.testing.assert_allclose(feats, reference["features"], rtol=0, atol=LOGIT_ATOL)
 
 
+def test_lite0_grid_averages_to_the_pooled_features(reference: dict[str, np.ndarray]) -> None:
+    """The 7x7 region grid (attention) is the map that the pooled vector averages."""
+    from captioner.backbones import load_backbone
+
+    grid = load_backbone("efficientnet_lite0", spatial="grid")
+    assert grid.grid == (49, 1280) and grid.feature_dim == 49 * 1280
+    regions = np.asarray(grid.model(grid.preprocess(reference["images"]), training=False)).reshape(2, 49, 1280)
+    np.testing.assert_allclose(regions.mean(axis=1), reference["features"], rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown spatial mode 'cells'"):
+        load_backbone("efficientnet_lite0", spatial="cells")
+
+
 def test_lite0_port_is_strict(lite0_state: dict[str, np.ndarray]) -> None:
     from captioner.backbones.efficientnet_lite0 import build_model, port_weights
 
@@ -180,6 +192,8 @@ def test_vgg16_random_weights_fc2() -> None:
     assert x.dtype == np.float32 and np.allclose(x[0, 0, 0], [128 - 103.939, 128 - 116.779, 128 - 123.68])
     out = np.asarray(backbone.model(x, training=False))
     assert out.shape == (1, 4096) and np.isfinite(out).all()
+    grid = load_backbone("vgg16", weights="none", spatial="grid")
+    assert grid.grid == (196, 512) and grid.model.output.shape[-1] == 196 * 512  # block5_conv3, 14x14
 
 
 def test_vgg16_missing_h5_path(tmp_path: Path) -> None:

@@ -135,6 +135,28 @@ def test_parquet_roundtrip_and_metadata(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["features.parquet"]  # no temp files left
 
 
+def test_float16_grid_file_in_row_groups(tmp_path: Path, monkeypatch) -> None:
+    import captioner.features as features
+
+    monkeypatch.setattr(features, "ROW_GROUP_BYTES", 3 * 8 * 4)  # 3 rows per group
+    grid = np.random.default_rng(0).uniform(0, 6, (10, 8)).astype(np.float32)
+    ids = [f"{i}.jpg" for i in range(10)]
+    path = tmp_path / "grid.parquet"
+    write_features(path, ids, grid, {"backbone": "x", "spatial": "grid", "regions": 4, "channels": 2},
+                   dtype="float16")
+    got_ids, got, meta = read_features(path)
+    assert got_ids == ids and got.dtype == np.float16 and meta["regions"] == "4"
+    np.testing.assert_array_equal(got, grid.astype(np.float16))
+    assert np.abs(got.astype(np.float32) - grid).max() < 6 * 2**-10  # float16: 11 significant bits
+    assert pq.ParquetFile(path).metadata.num_row_groups == 4
+    assert pq.read_schema(path).field("feature").type == pa.list_(pa.float16(), 8)
+    with pytest.raises(ValueError, match=r"bad\.parquet: features exceed the float16 range"):
+        write_features(tmp_path / "bad.parquet", ids, grid * 1e5, {"backbone": "x"}, dtype="float16")
+    assert not (tmp_path / "bad.parquet").exists()
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        write_features(tmp_path / "bad.parquet", ids, grid, {"backbone": "x"}, dtype="int8")
+
+
 def test_parquet_multiple_row_groups(tmp_path: Path) -> None:
     feats = np.arange(30, dtype=np.float32).reshape(10, 3)
     table = pa.table(

@@ -37,6 +37,10 @@ def test_defaults_when_sections_are_missing(tmp_path) -> None:
         ("model: {dropout: 1.5}", "model.dropout", "less than 1"),
         ("scenes: {split_fractions: {train: 0.5, dev: 0.1}}", "scenes.split_fractions", "sum to 1"),
         ("features: {weights: /x.h5}", "(top level)|features.weights", "efficientnet_lite0"),
+        ("model: {kind: attention}", "model.kind", "set features.spatial: grid"),
+        ("features: {spatial: grid}", "model.kind", "set features.spatial: pooled"),
+        ("features: {dtype: float64}", "features.dtype", "float16"),
+        ("model: {kind: transformer}", "model.kind", "attention"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text: str, key: str, msg: str) -> None:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 OnError = Literal["raise", "skip"]
 FEATURE_DTYPES = ("float32", "float16")
+ROW_GROUP_BYTES = 64 << 20  # feature files are written in row groups of about this size
 SHARD_FORMAT = "captioner-feature-shard/1"
 DEFAULT_MAX_EXAMPLES = 20
 
@@ -379,11 +380,7 @@ def write_features(
     p = Path(path)
     if dtype not in FEATURE_DTYPES:
         raise ValueError(f"{p}: dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
-    feats = np.ascontiguousarray(features, dtype=np.float32)
-    if dtype == "float16":
-        if feats.size and np.abs(feats).max() > np.finfo(np.float16).max:
-            raise ValueError(f"{p}: features exceed the float16 range; store them as float32")
-        feats = feats.astype(np.float16)
+    feats = np.asarray(features)
     if feats.ndim != 2 or feats.shape[1] < 1:
         raise ValueError(f"{p}: features must be (N, D) with D >= 1, got shape {feats.shape}")
     if len(image_ids) != len(feats):
@@ -395,14 +392,24 @@ def write_features(
     dim = feats.shape[1]
     if "feature_dim" in metadata and int(metadata["feature_dim"]) != dim:
         raise ValueError(f"{p}: metadata feature_dim={metadata['feature_dim']} but features have D={dim}")
-    table = pa.table(
-        {
-            "image_id": pa.array(list(image_ids), pa.string()),
-            "feature": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), dim),
-        }
-    ).replace_schema_metadata({**{k: str(v) for k, v in metadata.items()}, "feature_dim": str(dim)})
-    with atomic_path(p) as tmp:
-        pq.write_table(table, tmp)
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    schema = pa.schema(
+        [("image_id", pa.string()), ("feature", pa.list_(value, dim))],
+        metadata={**{k: str(v) for k, v in metadata.items()}, "feature_dim": str(dim)},
+    )
+    # Written in row groups of about ROW_GROUP_BYTES, converted one group at a time: memory
+    # stays bounded for region grids (a pooled file of Flickr8k is still a single group).
+    rows = max(1, ROW_GROUP_BYTES // (dim * 4))
+    with atomic_path(p) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, len(feats), rows):
+            with np.errstate(over="ignore"):  # checked just below
+                chunk = np.ascontiguousarray(feats[start : start + rows], dtype=np.dtype(dtype))
+            if not np.isfinite(chunk).all() and np.isfinite(feats[start : start + rows]).all():
+                raise ValueError(f"{p}: features exceed the float16 range; store them as float32")
+            writer.write_table(pa.table({
+                "image_id": pa.array(list(image_ids[start : start + rows]), pa.string()),
+                "feature": pa.FixedSizeListArray.from_arrays(pa.array(chunk.reshape(-1)), dim),
+            }, schema=schema))
 
 
 def read_features(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:

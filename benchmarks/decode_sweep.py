@@ -1,0 +1,78 @@
+"""Decoding sweep: dev BLEU-1..4 of one trained model folder under several decoding settings.
+
+Loads the model (or ensemble) once and decodes the split with every combination of beam
+width, length penalty and n-gram blocking given, printing one row each with corpus BLEU,
+the mean caption length and the decoding time. This is the evaluate stage's decoding and
+scoring (captioner.decoding, captioner.evaluation) without the DVC bookkeeping, for choosing
+the evaluate params; record the chosen setting with `dvc exp run -S evaluate...`.
+
+    python benchmarks/decode_sweep.py --project . --beams 1 3 5 --penalties 0 1 2 --blocks 0 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", default=".", help="a project folder after `dvc repro` (default: .)")
+    ap.add_argument("--features", help="feature file (default: data/features/<backbone>.parquet)")
+    ap.add_argument("--model", default="data/model")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5])
+    ap.add_argument("--penalties", type=float, nargs="+", default=[0.0, 1.0])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--max-length", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import pandas as pd
+
+    from captioner.decoding import StepDecoder, generate_captions
+    from captioner.evaluation import references_by_image, score
+    from captioner.features import read_features
+    from captioner.io import read_json
+    from captioner.model import load_members
+    from captioner.sequences import feature_rows
+    from captioner.text import load_vocabulary
+
+    project = Path(args.project)
+    model_dir = project / args.model
+    meta = read_json(model_dir / "meta.json")
+    features_path = Path(args.features or project / f"data/features/{meta['backbone']}.parquet")
+    refs = references_by_image(pd.read_parquet(project / f"data/text/{args.split}.parquet"))
+    feat_ids, features, _ = read_features(features_path)
+    rows, _ = feature_rows(sorted(refs), feat_ids)
+    image_ids = [i for i, r in zip(sorted(refs), rows) if r >= 0]
+    feats = np.asarray(features[rows[rows >= 0]], np.float32)
+    vocab = load_vocabulary(model_dir / "vocab.json")
+    decoder = StepDecoder(load_members(model_dir, meta, features.shape[1], len(vocab)))
+    print(f"decode_sweep: {model_dir} ({len(meta.get('members', [1]))} model(s)) on {len(image_ids)} "
+          f"{args.split} images, features {features_path}")
+    print(f"{'beam':>4} {'lp':>4} {'block':>5}  BLEU-1 BLEU-2 BLEU-3 BLEU-4  words  seconds")
+    out = []
+    for beam, lp, block in itertools.product(args.beams, args.penalties, args.blocks):
+        start = time.perf_counter()
+        caps = generate_captions(decoder, feats, vocab, beam, args.max_length, lp, args.batch_size,
+                                 progress=False, block_repeat_ngram=block)
+        seconds = time.perf_counter() - start
+        bleu = score(refs, image_ids, [c.words for c in caps])
+        words = float(np.mean([len(c.words) for c in caps]))
+        out.append({"beam": beam, "length_penalty": lp, "block_repeat_ngram": block, **bleu,
+                    "mean_words": round(words, 2), "seconds": round(seconds, 1)})
+        print(f"{beam:>4} {lp:>4} {block:>5}  " + " ".join(f"{bleu[k]:6.3f}" for k in sorted(bleu))
+              + f"  {words:5.2f}  {seconds:7.1f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
