@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--project", default=".", help="a project folder after `dvc repro` (default: .)")
     ap.add_argument("--features", help="feature file (default: data/features/<backbone>.parquet)")
     ap.add_argument("--model", default="data/model")
+    ap.add_argument("--extra-model", nargs="*", default=[],
+                    help="more model folders whose members join the ensemble (e.g. pooled merge models "
+                    "with an attention model: they see the grid's average over regions)")
     ap.add_argument("--split", default="dev")
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--penalties", type=float, nargs="+", default=[0.0, 1.0])
@@ -53,8 +56,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     image_ids = [i for i, r in zip(sorted(refs), rows) if r >= 0]
     feats = np.asarray(features[rows[rows >= 0]], np.float32)
     vocab = load_vocabulary(model_dir / "vocab.json")
-    decoder = StepDecoder(load_members(model_dir, meta, features.shape[1], len(vocab)))
-    print(f"decode_sweep: {model_dir} ({len(meta.get('members', [1]))} model(s)) on {len(image_ids)} "
+    models = load_members(model_dir, meta, features.shape[1], len(vocab))
+    for extra in args.extra_model:
+        models += load_members(extra, read_json(Path(extra) / "meta.json"), None, len(vocab))
+    decoder = StepDecoder(models)
+    print(f"decode_sweep: {model_dir} + {args.extra_model} ({len(models)} model(s)) on {len(image_ids)} "
           f"{args.split} images, features {features_path}")
     print(f"{'beam':>4} {'lp':>4} {'block':>5}  BLEU-1 BLEU-2 BLEU-3 BLEU-4  words  seconds")
     out = []

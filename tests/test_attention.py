@@ -105,3 +105,23 @@ def test_ensemble_of_attention_models_and_mismatch(toy_attention, toy) -> None:
     assert [c.logprob for c in double] == pytest.approx([c.logprob for c in single], abs=1e-4)
     with pytest.raises(ValueError, match="disagree"):
         StepDecoder([model, toy["model"]])
+
+
+def test_mixed_ensemble_merge_members_see_the_pooled_grid(toy_attention) -> None:
+    """A merge model (pooled features) can join attention models (region grids): it is fed the
+    grid's average over regions, which is what the pooled feature is."""
+    from captioner.model import build_merge_model
+
+    att, vocab = toy_attention["model"], toy_attention["vocab"]
+    merge = build_merge_model(len(vocab), TOY_CHANNELS, 8, 16, 0.0)
+    grid = toy_attention["feats"][:6].astype(np.float32)
+    pooled = grid.reshape(6, TOY_REGIONS, TOY_CHANNELS).mean(1)
+    words = np.full(6, vocab.index["startseq"], np.int32)
+    mixed, alone_att, alone_merge = StepDecoder([att, merge]), StepDecoder(att), StepDecoder(merge)
+    assert mixed.regions == TOY_REGIONS
+    logps = []
+    for dec, feats in ((mixed, grid), (alone_att, grid), (alone_merge, pooled)):
+        img, h, c = dec.start(feats)
+        logps.append(dec.step(img, words, h, c)[0])
+    expected = np.logaddexp(logps[1], logps[2]) - np.log(2.0)
+    np.testing.assert_allclose(logps[0], expected, atol=1e-5)

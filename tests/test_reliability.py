@@ -273,14 +273,15 @@ def test_extract_features_stage_skips_reports_and_enforces_the_threshold(
     jpeg = noise_image(tmp_path / "x.jpg").read_bytes()
     split = write_flickr(tmp_path / "f8k", good=7, bad={"cut.jpg": jpeg[: len(jpeg) // 2], "empty.jpg": b""})
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(stage, "load_backbone", lambda name, weights: tiny_backbone)
+    monkeypatch.setattr(stage, "load_backbone", lambda name, weights, spatial: tiny_backbone)
     monkeypatch.setattr(sys, "argv", ["extract_features.py", "--out", "data/features/tiny.parquet"])
     features = tmp_path / "data/features/tiny.parquet"
     report = tmp_path / "data/features/tiny.report.json"
     partial = tmp_path / "data/features/tiny.partial"
 
     def params(max_bad: float) -> SimpleNamespace:
-        feat = SimpleNamespace(backbone="tiny", weights="none", batch_size=4, workers=1, max_bad_images=max_bad)
+        feat = SimpleNamespace(backbone="tiny", weights="none", batch_size=4, workers=1, max_bad_images=max_bad,
+                               spatial="pooled", dtype="float32")
         return SimpleNamespace(data=DataParams(root="f8k"), features=feat)
 
     # 2 of 9 unreadable > 10%: one line naming the report, which lists them; shards kept.

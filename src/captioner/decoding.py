@@ -21,14 +21,17 @@ from captioner.text import END, PAD, START, UNK, Vocabulary
 class _Merge:
     """One merge model, one word at a time. Image state: the image branch's (N, units) vector."""
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: keras.Model, regions: int = 0) -> None:
         self.layers = {n: model.get_layer(n) for n in ("image_dense", "embedding", "decoder_dense", "logits")}
         self.cell = model.get_layer("lstm").cell
         self.units = int(self.cell.units)
         self.width = self.units
         self.regions = 0
+        self.pool = regions  # > 0: given a flattened region grid, average it to the pooled feature
 
     def start(self, features: tf.Tensor):
+        if self.pool:
+            features = tf.reduce_mean(tf.reshape(features, [tf.shape(features)[0], self.pool, -1]), axis=1)
         image = self.layers["image_dense"](features)
         zeros = tf.zeros_like(image)
         return image, zeros, zeros
@@ -41,38 +44,42 @@ class _Merge:
 
 
 class _Attention:
-    """One attention model, one word at a time. Image state: its region values and attention
-    keys, flattened to (N, R * (units + attention_dim)) so that beams and ensembles stay 2-d."""
+    """One attention model, one word at a time. Image state: its pooled image vector, region
+    values and attention keys, flattened to (N, units + R * (units + attention_dim)) so that
+    beams and ensembles stay 2-d."""
 
     def __init__(self, model: keras.Model) -> None:
-        names = ("regions", "region_dense", "init_h", "init_c", "embedding", "decoder_dense", "logits")
+        names = ("regions", "pooled", "image_dense", "region_dense", "init_h", "init_c", "embedding",
+                 "decoder_dense", "logits")
         self.layers = {n: model.get_layer(n) for n in names}
         self.att = model.get_layer("attention")
         self.cell = model.get_layer("lstm").cell
         self.units = int(self.cell.units)
         self.regions = int(self.layers["regions"].target_shape[0])
         self.att_dim = int(self.att.attention_dim)
-        self.width = self.regions * (self.units + self.att_dim)
+        self.width = self.units + self.regions * (self.units + self.att_dim)
 
     def start(self, features: tf.Tensor):
         la = self.layers
-        values = la["region_dense"](la["regions"](features))  # (N, R, units)
+        grid = la["regions"](features)
+        pooled = la["image_dense"](la["pooled"](grid))
+        values = la["region_dense"](grid)  # (N, R, units)
         mean = tf.reduce_mean(values, axis=1)
         keys = self.att.keys(values)
         n = tf.shape(values)[0]
-        image = tf.concat([tf.reshape(values, [n, -1]), tf.reshape(keys, [n, -1])], axis=1)
+        image = tf.concat([pooled, tf.reshape(values, [n, -1]), tf.reshape(keys, [n, -1])], axis=1)
         return image, la["init_h"](mean), la["init_c"](mean)
 
     def step(self, image: tf.Tensor, words: tf.Tensor, h: tf.Tensor, c: tf.Tensor):
         la, r = self.layers, self.regions
-        values, keys = tf.split(image, [r * self.units, r * self.att_dim], axis=1)
+        pooled, values, keys = tf.split(image, [self.units, r * self.units, r * self.att_dim], axis=1)
         values = tf.reshape(values, [-1, r, self.units])
         keys = tf.reshape(keys, [-1, r, self.att_dim])
         emb = tf.gather(la["embedding"].embeddings, words)
         out, (h2, c2) = self.cell(emb, [h, c], training=False)
         alpha = self.att.weights_for(keys, out[:, None])[:, 0]  # (N, R)
         context = tf.einsum("nr,nrd->nd", alpha, values)
-        return tf.nn.log_softmax(la["logits"](la["decoder_dense"](out + context))), h2, c2, alpha
+        return tf.nn.log_softmax(la["logits"](la["decoder_dense"](out + context + pooled))), h2, c2, alpha
 
 
 class StepDecoder:
@@ -81,7 +88,9 @@ class StepDecoder:
     An ensemble averages the members' next-word probabilities; their image states and LSTM
     states are concatenated side by side, so beam search sees 2-d arrays whatever the members.
     `regions` > 0 when some member attends over regions: `step` then also returns the
-    attention weights (averaged over the attention members).
+    attention weights (averaged over the attention members), and the features are region
+    grids; merge members of such an ensemble see the grid's average over regions, which is
+    exactly the pooled feature they were trained on.
     """
 
     def __init__(self, models: keras.Model | Sequence[keras.Model]) -> None:
@@ -90,14 +99,26 @@ class StepDecoder:
         models = [models] if isinstance(models, keras.Model) else list(models)
         if not models:
             raise ValueError("StepDecoder needs at least one model")
-        signatures = {model_signature(m) for m in models}
-        if len(signatures) > 1:
-            raise ValueError(f"ensemble members disagree on (feature dim, vocab size): {sorted(signatures)}")
-        self._members = [_Attention(m) if model_kind(m) == "attention" else _Merge(m) for m in models]
-        regions = {m.regions for m in self._members if m.regions}
+        attention = [_Attention(m) for m in models if model_kind(m) == "attention"]
+        regions = {m.regions for m in attention}
         if len(regions) > 1:
             raise ValueError(f"ensemble members attend over different region counts: {sorted(regions)}")
         self.regions = regions.pop() if regions else 0
+        grid_dim = {model_signature(m)[0] for m in models if model_kind(m) == "attention"}
+        self._members = []
+        signatures = set()
+        for m in models:
+            dim, vocab = model_signature(m)
+            if model_kind(m) == "attention":
+                self._members.append(attention.pop(0))
+            elif grid_dim and dim * self.regions in grid_dim:  # a pooled merge member among grids
+                self._members.append(_Merge(m, self.regions))
+                dim *= self.regions
+            else:
+                self._members.append(_Merge(m))
+            signatures.add((dim, vocab))
+        if len(signatures) > 1:
+            raise ValueError(f"ensemble members disagree on (feature dim, vocab size): {sorted(signatures)}")
         self._widths = [m.width for m in self._members]
         self._splits = [m.units for m in self._members]
         self.units = sum(self._splits)

@@ -5,12 +5,14 @@ merge (model.kind=merge), over one pooled feature vector per image:
     image feature -> dropout -> dense(units, relu) ──┐
     caption ids -> embedding(mask) -> dropout -> LSTM ┴─ add -> dense(units, relu) -> logits
 
-attention (model.kind=attention), over a grid of region features (e.g. 7x7x1280):
+attention (model.kind=attention), over a grid of region features (e.g. 7x7x1280): the merge
+model plus, at every word, a context vector attended over the regions:
 
+    regions -> mean -> dropout -> dense(units, relu) = image        (the merge model's branch)
     regions -> dropout -> dense(units, relu) = V ──── mean -> dense(tanh) -> LSTM h0, c0
     caption ids -> embedding(mask) -> dropout -> LSTM(h0, c0) = h_t
     alpha_t = softmax_r(w . tanh(K v_r + Q h_t)),  context_t = sum_r alpha_t,r v_r
-    h_t + context_t -> dense(units, relu) -> logits
+    h_t + context_t + image -> dense(units, relu) -> logits
 
 The attention looks at the regions from the LSTM's output at every word (the "spatial
 attention" of Lu et al. 2017) rather than feeding the context back into the LSTM input
@@ -116,7 +118,10 @@ def build_attention_model(
     caption = keras.Input((None,), dtype="int32", name=CAPTION_INPUT)
 
     grid = layers.Reshape((regions, channels), name="regions")(image)
-    grid = layers.Dropout(dropout, name="image_dropout")(grid)
+    pooled = layers.GlobalAveragePooling1D(name="pooled")(grid)  # = the merge model's pooled feature
+    img = layers.Dropout(dropout, name="image_dropout")(pooled)
+    img = layers.Dense(units, activation="relu", name="image_dense")(img)
+    grid = layers.Dropout(dropout, name="region_dropout")(grid)
     values = layers.Dense(units, activation="relu", name="region_dense")(grid)  # (B, R, units)
     mean = ops.mean(values, axis=1)
     h0 = layers.Dense(units, activation="tanh", name="init_h")(mean)
@@ -127,9 +132,9 @@ def build_attention_model(
     txt = layers.LSTM(units, return_sequences=True, name="lstm")(txt, initial_state=[h0, c0])
 
     context, _ = RegionAttention(attention_dim, attention_reg, name="attention")(values, txt, caption)
-    # layers.Add drops the caption mask: padding is kept out of the loss by ignore_class=0 alone
-    # (a mask reaching the logits would become a sample weight and change the loss normalisation).
-    merged = layers.Add(name="add_context")([txt, context])
+    # The merge model's sum plus the attended context. (Padding is kept out of the loss by
+    # ignore_class=0 alone; see captioner.training.)
+    merged = txt + context + ops.expand_dims(img, 1)
     hidden = layers.Dense(units, activation="relu", name="decoder_dense")(merged)
     logits = layers.Dense(vocab_size, name="logits")(hidden)
     return keras.Model([image, caption], logits, name="attention_captioner")
