@@ -52,19 +52,24 @@ def main() -> None:
             f"features but the file holds {'grid' if grid else 'pooled'} ones (features.spatial)"
         )
 
-    def build() -> keras.Model:
-        if mp.kind == "merge":
+    kinds = [mp.kind] * (tp.ensemble - tp.merge_members) + ["merge"] * tp.merge_members
+
+    def build(kind: str) -> keras.Model:
+        if kind == "merge" and not grid:
             return build_merge_model(len(vocab), features.shape[1], mp.embedding_dim, mp.units, mp.dropout)
+        if kind == "merge":  # a merge member of an attention ensemble: averages the grid itself
+            regions, channels = int(meta["regions"]), int(meta["channels"])
+            return build_merge_model(len(vocab), channels, mp.embedding_dim, mp.units, mp.dropout, regions)
         return build_attention_model(
             len(vocab), int(meta["regions"]), int(meta["channels"]), mp.embedding_dim, mp.units,
-            mp.attention_dim, mp.dropout, mp.attention_reg,
+            mp.attention_dim, mp.dropout, mp.attention_reg, mp.region_dropout,
         )
 
     train_ids, dev_ids = seqs["train"][0], seqs["dev"][0]
     n_words = int((train_ids[:, 1:] != 0).sum())
     shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.shape[1]}-d"
     print(f"train: {mp.kind} model, {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
-          f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s)")
+          f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s): {', '.join(kinds)}")
     dev = make_dataset(dev_ids, rows["dev"], features, tp.batch_size, tp.bucket_width, None)
 
     with atomic_path(args.live) as live_dir:  # a killed run leaves the old curves or none
@@ -73,7 +78,7 @@ def main() -> None:
         models, results = [], []
         for member in range(tp.ensemble):  # member i trains with seed + i; curves of member 0
             keras.utils.set_random_seed(tp.seed + member)
-            model = build()
+            model = build(kinds[member])
             compile_model(model, tp.learning_rate, tp.label_smoothing)
             train = make_dataset(train_ids, rows["train"], features, tp.batch_size, tp.bucket_width,
                                  tp.seed + member)
@@ -105,7 +110,7 @@ def main() -> None:
             write_json(tmp / "meta.json", {
                 "backbone": meta.get("backbone"), "weights": meta.get("weights"),
                 "feature_dim": int(features.shape[1]), "vocab_size": len(vocab), "members": members,
-                "kind": mp.kind, "spatial": "grid" if grid else "pooled",
+                "kind": mp.kind, "member_kinds": kinds, "spatial": "grid" if grid else "pooled",
                 "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
             })
     print(f"train: best epoch {result.best_epoch}/{result.epochs_run}, val loss "

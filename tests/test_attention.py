@@ -125,3 +125,24 @@ def test_mixed_ensemble_merge_members_see_the_pooled_grid(toy_attention) -> None
         logps.append(dec.step(img, words, h, c)[0])
     expected = np.logaddexp(logps[1], logps[2]) - np.log(2.0)
     np.testing.assert_allclose(logps[0], expected, atol=1e-5)
+
+
+def test_merge_model_over_a_grid_averages_it(toy_attention) -> None:
+    """A merge member of an attention ensemble reads the grid file and pools it itself."""
+    from captioner.model import build_merge_model
+
+    vocab = toy_attention["vocab"]
+    over_grid = build_merge_model(len(vocab), TOY_CHANNELS, 8, 16, 0.0, regions=TOY_REGIONS)
+    pooled = build_merge_model(len(vocab), TOY_CHANNELS, 8, 16, 0.0)
+    pooled.set_weights(over_grid.get_weights())
+    assert model_signature(over_grid) == (TOY_REGIONS * TOY_CHANNELS, len(vocab)) and model_kind(over_grid) == "merge"
+    grid = toy_attention["feats"][:5].astype(np.float32)
+    mean = grid.reshape(5, TOY_REGIONS, TOY_CHANNELS).mean(1)
+    ids = toy_attention["ids"][:5, :-1]
+    np.testing.assert_allclose(over_grid([grid, ids]).numpy(), pooled([mean, ids]).numpy(), atol=1e-5)
+    # Decoded with an attention member, it is fed the grid as is.
+    words = np.full(5, vocab.index["startseq"], np.int32)
+    dec, ref = StepDecoder([toy_attention["model"], over_grid]), StepDecoder([toy_attention["model"], pooled])
+    img, h, c = dec.start(grid)
+    img2, h2, c2 = ref.start(grid)  # the pooled model, averaged by the decoder
+    np.testing.assert_allclose(dec.step(img, words, h, c)[0], ref.step(img2, words, h2, c2)[0], atol=1e-5)

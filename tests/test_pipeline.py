@@ -106,10 +106,12 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     pooled = project / "data/features/efficientnet_lite0.parquet"
     pooled_bytes = pooled.read_bytes()
     set_params(project, {"features": {"spatial": "grid", "dtype": "float16"},
-                         "model": {"kind": "attention", "attention_dim": 8}})
+                         "model": {"kind": "attention", "attention_dim": 8},
+                         "train": {"ensemble": 2, "merge_members": 1}})  # one of each kind
     assert ran_stages(run(["dvc", "repro"], project)) == {"extract_features", "train", "evaluate"}
     meta = json.loads((project / "data/model/meta.json").read_text())
     assert meta["kind"] == "attention" and meta["spatial"] == "grid" and meta["feature_dim"] == 49 * 1280
+    assert meta["member_kinds"] == ["attention", "merge"]
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
     # ... a decoder-only change reuses them ...
@@ -117,7 +119,8 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     assert ran_stages(run(["dvc", "repro"], project)) == {"train", "evaluate"}
     # ... and going back to the merge model restores the pooled features from DVC's run cache,
     # byte for byte, without running the CNN.
-    set_params(project, {"features": {"spatial": "pooled", "dtype": "float32"}, "model": {"kind": "merge"}})
+    set_params(project, {"features": {"spatial": "pooled", "dtype": "float32"}, "model": {"kind": "merge"},
+                         "train": {"merge_members": 0}})
     out = run(["dvc", "repro"], project)
     assert "extract_features" not in ran_stages(out)
     assert pooled.read_bytes() == pooled_bytes

@@ -28,10 +28,14 @@ class _Merge:
         self.width = self.units
         self.regions = 0
         self.pool = regions  # > 0: given a flattened region grid, average it to the pooled feature
+        names = {la.name for la in model.layers}
+        self.grid_layers = [model.get_layer(n) for n in ("regions", "pooled")] if "pooled" in names else []
 
     def start(self, features: tf.Tensor):
         if self.pool:
             features = tf.reduce_mean(tf.reshape(features, [tf.shape(features)[0], self.pool, -1]), axis=1)
+        for layer in self.grid_layers:  # a merge model built over a grid averages it itself
+            features = layer(features)
         image = self.layers["image_dense"](features)
         zeros = tf.zeros_like(image)
         return image, zeros, zeros

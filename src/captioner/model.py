@@ -39,13 +39,21 @@ IMAGE_INPUT, CAPTION_INPUT = "image", "caption"
 
 
 def build_merge_model(
-    vocab_size: int, feature_dim: int, embedding_dim: int, units: int, dropout: float
+    vocab_size: int, feature_dim: int, embedding_dim: int, units: int, dropout: float, regions: int = 0
 ) -> keras.Model:
-    """The merge model over whole (variable-length) captions; outputs (B, T, vocab) logits."""
-    image = keras.Input((feature_dim,), name=IMAGE_INPUT)
+    """The merge model over whole (variable-length) captions; outputs (B, T, vocab) logits.
+
+    With `regions` > 0 it reads a flattened (regions x feature_dim) grid and averages it over
+    the regions first, which gives back the pooled feature (a merge member of an attention
+    ensemble, trained and decoded on the same grid file)."""
+    image = keras.Input((feature_dim * max(regions, 1),), name=IMAGE_INPUT)
     caption = keras.Input((None,), dtype="int32", name=CAPTION_INPUT)
 
-    img = layers.Dropout(dropout, name="image_dropout")(image)
+    pooled = image
+    if regions:
+        grid = layers.Reshape((regions, feature_dim), name="regions")(image)
+        pooled = layers.GlobalAveragePooling1D(name="pooled")(grid)
+    img = layers.Dropout(dropout, name="image_dropout")(pooled)
     img = layers.Dense(units, activation="relu", name="image_dense")(img)
 
     txt = layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(caption)
@@ -112,8 +120,11 @@ def build_attention_model(
     attention_dim: int,
     dropout: float,
     attention_reg: float,
+    region_dropout: float | None = None,
 ) -> keras.Model:
-    """The soft-attention model over (B, regions * channels) flattened grids; outputs (B, T, vocab) logits."""
+    """The soft-attention model over (B, regions * channels) flattened grids; outputs (B, T, vocab) logits.
+
+    `region_dropout` (default: `dropout`) applies to the region features before projection."""
     image = keras.Input((regions * channels,), name=IMAGE_INPUT)
     caption = keras.Input((None,), dtype="int32", name=CAPTION_INPUT)
 
@@ -121,7 +132,7 @@ def build_attention_model(
     pooled = layers.GlobalAveragePooling1D(name="pooled")(grid)  # = the merge model's pooled feature
     img = layers.Dropout(dropout, name="image_dropout")(pooled)
     img = layers.Dense(units, activation="relu", name="image_dense")(img)
-    grid = layers.Dropout(dropout, name="region_dropout")(grid)
+    grid = layers.Dropout(dropout if region_dropout is None else region_dropout, name="region_dropout")(grid)
     values = layers.Dense(units, activation="relu", name="region_dense")(grid)  # (B, R, units)
     mean = ops.mean(values, axis=1)
     h0 = layers.Dense(units, activation="tanh", name="init_h")(mean)

@@ -81,7 +81,8 @@ class ModelParams(_Section):
     units: int = Field(256, gt=0)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     attention_dim: int = Field(256, gt=0)  # attention only: size of the additive-attention layer
-    attention_reg: float = Field(1.0, ge=0.0)  # attention only: doubly-stochastic penalty weight
+    attention_reg: float = Field(0.1, ge=0.0)  # attention only: doubly-stochastic penalty weight
+    region_dropout: float = Field(0.5, ge=0.0, lt=1.0)  # attention only: dropout on the region features
 
 
 class TrainParams(_Section):
@@ -96,6 +97,7 @@ class TrainParams(_Section):
     lr_patience: int = Field(1, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     ensemble: int = Field(1, ge=1)  # models trained (seeds seed, seed+1, ...); decoding averages them
+    merge_members: int = Field(0, ge=0)  # attention only: the last this many members are merge models
     bucket_width: int = Field(4, ge=1)  # captions of similar length share a batch
 
 
@@ -132,6 +134,11 @@ class Params(_Section):
             raise ValueError("features.weights: efficientnet_lite0 takes 'imagenet' or 'none'")
         if self.model.kind == "attention" and self.features.spatial != "grid":
             raise ValueError("model.kind: 'attention' needs region features: set features.spatial: grid")
+        if self.train.merge_members and (self.model.kind != "attention" or self.train.merge_members >= self.train.ensemble):
+            raise ValueError(
+                "train.merge_members: only for model.kind attention, and fewer than train.ensemble "
+                "(at least one attention member)"
+            )
         if self.model.kind == "merge" and self.features.spatial != "pooled":
             raise ValueError("model.kind: 'merge' takes pooled features: set features.spatial: pooled")
         return self
