@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 DATA  ?= ../shared/flickr8k
 SPLIT ?= dev
-MODEL ?= merge
+MODEL ?= attention
 PRESET_merge     := presets/flickr8k.yaml
 PRESET_attention := presets/flickr8k-attention.yaml
 PRESET := $(PRESET_$(MODEL))
