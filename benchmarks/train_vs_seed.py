@@ -115,7 +115,7 @@ def run_child(args, corpus) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = common.parser("train_vs_seed", __doc__)
-    ap.add_argument("--train-images", type=int, default=500, help="train slice (quick: 12)")
+    ap.add_argument("--train-images", type=int, default=1000, help="train slice (quick: 12)")
     ap.add_argument("--dev-images", type=int, default=100, help="dev slice for the loss curves (quick: 4)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs of ours and seed (quick: 2)")
     ap.add_argument("--seed-batch", type=int, default=64, help="the tutorial-scale seed batch (samples)")
