@@ -39,11 +39,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import pandas as pd
 
     from captioner.decoding import StepDecoder, generate_captions
-    from captioner.evaluation import references_by_image, score
+    from captioner.evaluation import references_by_image, score, scored_features
     from captioner.features import read_features
     from captioner.io import read_json
     from captioner.model import load_members
-    from captioner.sequences import feature_rows
     from captioner.text import load_vocabulary
 
     project = Path(args.project)
@@ -52,9 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     features_path = Path(args.features or project / f"data/features/{meta['backbone']}.parquet")
     refs = references_by_image(pd.read_parquet(project / f"data/text/{args.split}.parquet"))
     feat_ids, features, _ = read_features(features_path)
-    rows, _ = feature_rows(sorted(refs), feat_ids)
-    image_ids = [i for i, r in zip(sorted(refs), rows) if r >= 0]
-    feats = np.asarray(features[rows[rows >= 0]], np.float32)
+    image_ids, feats, _ = scored_features(refs, feat_ids, features)
     vocab = load_vocabulary(model_dir / "vocab.json")
     models = load_members(model_dir, meta, features.shape[1], len(vocab))
     for extra in args.extra_model:

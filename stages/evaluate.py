@@ -10,13 +10,12 @@ from pathlib import Path
 import pandas as pd
 
 from captioner.decoding import StepDecoder, generate_captions
-from captioner.evaluation import blind_caption, references_by_image, results_table, score
+from captioner.evaluation import blind_caption, references_by_image, results_table, score, scored_features
 from captioner.features import read_features, report_path
 from captioner.gallery import bleu_rows, image_paths, write_gallery
 from captioner.io import atomic_path, exit_on_sigterm, read_json, reported_errors, write_json
 from captioner.model import load_members
 from captioner.params import load_params
-from captioner.sequences import feature_rows
 from captioner.text import load_vocabulary
 
 
@@ -37,14 +36,12 @@ def main() -> None:
         raise SystemExit(f"evaluate.split: the data set has no '{p.split}' split ({split_file} missing)")
     refs = references_by_image(pd.read_parquet(split_file))
     feat_ids, features, _ = read_features(args.features)
-    rows, missing = feature_rows(sorted(refs), feat_ids)
+    image_ids, feats, missing = scored_features(refs, feat_ids, features)
     if missing:
         print(f"evaluate: {len(missing)} {p.split} image(s) have no features and are not scored "
               f"(unreadable, see {report_path(args.features)}), e.g. {missing[:3]}", file=sys.stderr)
-    image_ids = [i for i, r in zip(sorted(refs), rows) if r >= 0]
     if not image_ids:
         raise SystemExit(f"evaluate: {args.features}: no features for any of the {len(refs)} {p.split} images")
-    feats = features[rows[rows >= 0]]
 
     vocab = load_vocabulary(Path(args.model) / "vocab.json")
     models = load_members(args.model, read_json(Path(args.model) / "meta.json"), features.shape[1], len(vocab))

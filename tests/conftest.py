@@ -16,6 +16,15 @@ from captioner.training import compile_model, fit, make_dataset  # noqa: E402
 COLOURS = ("red", "green", "blue", "yellow")
 
 
+def fit_toy(model: keras.Model, ids: np.ndarray, feats: np.ndarray, epochs: int):
+    """Compile and fit a toy model on all rows (validated on the same rows), as the train stage does."""
+    compile_model(model, 1e-2)
+    rows = np.arange(len(ids))
+    train = make_dataset(ids, rows, feats, 16, 2, seed=0)
+    val = make_dataset(ids, rows, feats, 16, 2, seed=None)
+    return fit(model, train, val, epochs=epochs, patience=3, verbose=0)
+
+
 @pytest.fixture(scope="session")
 def toy() -> dict:
     """A 4-class toy task: the feature says the colour, the caption names it."""
@@ -31,10 +40,7 @@ def toy() -> dict:
     vocab = build_vocabulary(caps, 1)
     ids = encode_captions(caps, vocab, 10)
     model = build_merge_model(len(vocab), 8, 16, 32, 0.1)
-    compile_model(model, 1e-2)
-    train = make_dataset(ids, np.arange(n), feats, 16, 2, seed=0)
-    val = make_dataset(ids, np.arange(n), feats, 16, 2, seed=None)
-    result = fit(model, train, val, epochs=12, patience=3, verbose=0)
+    result = fit_toy(model, ids, feats, epochs=12)
     return {"model": model, "vocab": vocab, "feats": feats, "cls": cls, "ids": ids, "result": result}
 
 
@@ -57,9 +63,6 @@ def toy_attention() -> dict:
     vocab = build_vocabulary(caps, 1)
     ids = encode_captions(caps, vocab, 8)
     model = build_attention_model(len(vocab), TOY_REGIONS, TOY_CHANNELS, 16, 32, 16, 0.1, 0.1)
-    compile_model(model, 1e-2)
-    train = make_dataset(ids, np.arange(n), feats, 16, 2, seed=0)
-    val = make_dataset(ids, np.arange(n), feats, 16, 2, seed=None)
-    result = fit(model, train, val, epochs=15, patience=3, verbose=0)
+    result = fit_toy(model, ids, feats, epochs=15)
     return {"model": model, "vocab": vocab, "feats": feats, "cls": cls, "where": where, "ids": ids,
             "result": result}

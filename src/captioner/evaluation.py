@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from captioner.metrics import corpus_bleu_scores, sentence_bleu4
+from captioner.sequences import feature_rows
 from captioner.text import unwrap
 
 
@@ -47,3 +49,12 @@ def results_table(
 def score(refs: dict[str, list[list[str]]], image_ids: Sequence[str], hyps: Sequence[Sequence[str]]) -> dict[str, float]:
     """Corpus BLEU-1..4 of the hypotheses for `image_ids`."""
     return corpus_bleu_scores([refs[i] for i in image_ids], hyps)
+
+
+def scored_features(
+    refs: dict[str, list[list[str]]], feat_ids: Sequence[str], features: np.ndarray
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """(image ids with features, in sorted order; their feature rows; ids without features)."""
+    ids = sorted(refs)
+    rows, missing = feature_rows(ids, feat_ids)
+    return [i for i, r in zip(ids, rows) if r >= 0], features[rows[rows >= 0]], missing
