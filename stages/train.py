@@ -19,7 +19,7 @@ from captioner.model import build_attention_model, build_merge_model
 from captioner.params import load_params
 from captioner.sequences import drop_without_features, load_sequences
 from captioner.text import load_vocabulary, save_vocabulary
-from captioner.training import compile_model, fit, make_dataset
+from captioner.training import compile_model, dtype_policy, fit, float32_copy, make_dataset
 
 
 def main() -> None:
@@ -69,7 +69,8 @@ def main() -> None:
     n_words = int((train_ids[:, 1:] != 0).sum())
     shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.shape[1]}-d"
     print(f"train: {mp.kind} model, {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
-          f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s): {', '.join(kinds)}")
+          f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s): {', '.join(kinds)}, "
+          f"{tp.precision}")
     dev = make_dataset(dev_ids, rows["dev"], features, tp.batch_size, tp.bucket_width, None)
 
     with atomic_path(args.live) as live_dir:  # a killed run leaves the old curves or none
@@ -78,7 +79,8 @@ def main() -> None:
         models, results = [], []
         for member in range(tp.ensemble):  # member i trains with seed + i; curves of member 0
             keras.utils.set_random_seed(tp.seed + member)
-            model = build(kinds[member])
+            with dtype_policy(tp.precision):
+                model = build(kinds[member])
             compile_model(model, tp.learning_rate, tp.label_smoothing)
             train = make_dataset(train_ids, rows["train"], features, tp.batch_size, tp.bucket_width,
                                  tp.seed + member)
@@ -88,6 +90,8 @@ def main() -> None:
                 verbose=1 if sys.stdout.isatty() else 2,  # a bar with ETA on a terminal, a line per epoch in logs
                 lr_factor=tp.lr_factor, lr_patience=tp.lr_patience,
             ))
+            if tp.precision != "float32":  # save float32 models: decoding and the CLI never see bfloat16
+                model = float32_copy(model, lambda: build(kinds[member]))
             models.append(model)
         seconds = time.perf_counter() - start
         result = results[0]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import pytest
 
 from captioner.params import update_params_file
@@ -118,12 +119,15 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     set_params(project, {"model": {"attention_reg": 0.5}})
     assert ran_stages(run(["dvc", "repro"], project)) == {"train", "evaluate"}
     # ... and going back to the merge model restores the pooled features from DVC's run cache,
-    # byte for byte, without running the CNN.
+    # byte for byte, without running the CNN. (Trained in mixed precision, saved in float32.)
     set_params(project, {"features": {"spatial": "pooled", "dtype": "float32"}, "model": {"kind": "merge"},
-                         "train": {"merge_members": 0}})
+                         "train": {"merge_members": 0, "precision": "mixed_bfloat16"}})
     out = run(["dvc", "repro"], project)
     assert "extract_features" not in ran_stages(out)
     assert pooled.read_bytes() == pooled_bytes
+    model = keras.saving.load_model(project / "data/model/model_1.keras", compile=False)
+    assert {la.compute_dtype for la in model.layers if la.weights} == {"float32"}
+    assert json.loads((project / "metrics/eval.json").read_text())["bleu1"] > 0.0
 
 
 SHARED_FLICKR8K = REPO.parent / "shared" / "flickr8k"

@@ -104,6 +104,7 @@ class RegionAttention(layers.Layer):
             real = ops.logical_and(ops.not_equal(ids, 0), ops.not_equal(ids, END_ID))
             mask = ops.cast(real, alpha.dtype)[:, :, None]
             coverage = ops.sum(alpha * mask, axis=1)  # (B, R): attention each region received
+            coverage = ops.cast(coverage, "float32")  # bfloat16 under train.precision mixed_bfloat16
             self.add_loss(self.penalty * ops.mean(ops.square(1.0 - coverage)))
         return context, alpha
 

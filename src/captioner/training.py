@@ -7,7 +7,8 @@ being copied once per prefix, and each batch is padded only to its own longest c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import keras
@@ -79,6 +80,26 @@ def make_dataset(
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
 
 
+@contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Layers built inside compute in `name` ("float32", "mixed_bfloat16"); restored after."""
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
+
+
+def float32_copy(model: keras.Model, build: Callable[[], keras.Model]) -> keras.Model:
+    """The same weights in a float32 model from `build` (the mixed-precision model's
+    variables are float32 already): what is saved, so decoding never sees bfloat16."""
+    with dtype_policy("float32"):
+        copy = build()
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def masked_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Next-word accuracy over real (non-padding) positions."""
     y_true = tf.cast(y_true, tf.int32)
@@ -93,7 +114,7 @@ def smoothed_masked_loss(label_smoothing: float):
     def loss(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         y_true = tf.cast(y_true, tf.int32)
         mask = tf.cast(y_true != 0, tf.float32)
-        logp = tf.nn.log_softmax(logits)
+        logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # bfloat16 logits: softmax in float32
         nll = -tf.gather(logp, y_true, batch_dims=2)
         uniform = -tf.reduce_mean(logp, axis=-1)
         per_word = (1.0 - label_smoothing) * nll + label_smoothing * uniform
