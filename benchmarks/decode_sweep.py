@@ -7,6 +7,10 @@ scoring (captioner.decoding, captioner.evaluation) without the DVC bookkeeping, 
 the evaluate params; record the chosen setting with `dvc exp run -S evaluate...`.
 
     python benchmarks/decode_sweep.py --project . --beams 1 3 5 --penalties 0 1 2 --blocks 0 2
+
+With --subsets K ..., it instead decodes (first setting only) every K-member sub-ensemble of all the
+models given, and prints BLEU mean / min / max per K: how much each extra member is worth, and how
+much the choice of seeds alone moves BLEU.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--blocks", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--max-length", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--subsets", type=int, nargs="*", default=[],
+                    help="decode every sub-ensemble of these sizes (first beam/penalty/block only)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
 
@@ -56,9 +62,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     models = load_members(model_dir, meta, features.shape[1], len(vocab))
     for extra in args.extra_model:
         models += load_members(extra, read_json(Path(extra) / "meta.json"), None, len(vocab))
-    decoder = StepDecoder(models)
+    if any(not 1 <= k <= len(models) for k in args.subsets):
+        ap.error(f"--subsets: sizes must be 1..{len(models)} (the models given), got {args.subsets}")
     print(f"decode_sweep: {model_dir} + {args.extra_model} ({len(models)} model(s)) on {len(image_ids)} "
           f"{args.split} images, features {features_path}")
+    if args.subsets:
+        return _subsets(args, models, feats, vocab, refs, image_ids)
+    decoder = StepDecoder(models)
     print(f"{'beam':>4} {'lp':>4} {'block':>5}  BLEU-1 BLEU-2 BLEU-3 BLEU-4  words  seconds")
     out = []
     for beam, lp, block in itertools.product(args.beams, args.penalties, args.blocks):
@@ -72,6 +82,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "mean_words": round(words, 2), "seconds": round(seconds, 1)})
         print(f"{beam:>4} {lp:>4} {block:>5}  " + " ".join(f"{bleu[k]:6.3f}" for k in sorted(bleu))
               + f"  {words:5.2f}  {seconds:7.1f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def _subsets(args, models, feats, vocab, refs, image_ids) -> list[dict]:
+    """BLEU of every sub-ensemble of each size in args.subsets, then mean / min / max per size."""
+    import numpy as np
+
+    from captioner.decoding import StepDecoder, generate_captions
+    from captioner.evaluation import score
+
+    beam, lp, block = args.beams[0], args.penalties[0], args.blocks[0]
+    print(f"sub-ensembles of {args.subsets} of the {len(models)} models, beam {beam}, lp {lp}, block {block}")
+    print(f"{'size':>4} {'members':<16} BLEU-1 BLEU-2 BLEU-3 BLEU-4")
+    out = []
+    for k in args.subsets:
+        rows = []
+        for members in itertools.combinations(range(len(models)), k):
+            caps = generate_captions(StepDecoder([models[i] for i in members]), feats, vocab, beam,
+                                     args.max_length, lp, args.batch_size, progress=False,
+                                     block_repeat_ngram=block)
+            bleu = score(refs, image_ids, [c.words for c in caps])
+            rows.append({"size": k, "members": list(members), **bleu})
+            print(f"{k:>4} {','.join(map(str, members)):<16} " + " ".join(f"{bleu[b]:6.3f}" for b in sorted(bleu)),
+                  flush=True)
+        for b in sorted(rows[0]):
+            if b.startswith("bleu"):
+                v = np.array([r[b] for r in rows])
+                print(f"  size {k} {b}: mean {v.mean():.3f}  min {v.min():.3f}  max {v.max():.3f}  ({len(v)} sets)")
+        out += rows
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return out

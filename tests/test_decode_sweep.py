@@ -1,0 +1,58 @@
+"""benchmarks/decode_sweep.py on a toy project folder: decoding rows and sub-ensemble statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks import decode_sweep
+from captioner.features import write_features
+from captioner.io import write_json
+from captioner.text import save_vocabulary
+from tests.conftest import COLOURS
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, toy: dict) -> Path:
+    """A trained-project layout holding the toy model three times (an ensemble of 3)."""
+    root = tmp_path_factory.mktemp("sweep")
+    model_dir = root / "data/model"
+    model_dir.mkdir(parents=True)
+    members = ["model.keras", "model_1.keras", "model_2.keras"]
+    for name in members:
+        toy["model"].save(model_dir / name)
+    save_vocabulary(model_dir / "vocab.json", toy["vocab"])
+    write_json(model_dir / "meta.json", {"backbone": "toy", "feature_dim": 8, "members": members})
+    n = 12
+    ids = [f"img{i}" for i in range(n)]
+    write_features(root / "data/features/toy.parquet", ids, toy["feats"][:n], {"backbone": "toy"})
+    (root / "data/text").mkdir(parents=True)
+    pd.DataFrame({
+        "image_id": ids,
+        "caption_no": 0,
+        "caption": [f"startseq a {COLOURS[c]} thing endseq" for c in toy["cls"][:n]],
+    }).to_parquet(root / "data/text/dev.parquet")
+    return root
+
+
+def test_sweep_rows_score_each_setting(project: Path) -> None:
+    rows = decode_sweep.main(["--project", str(project), "--beams", "1", "3", "--penalties", "0", "--blocks", "0"])
+    assert [(r["beam"], r["length_penalty"]) for r in rows] == [(1, 0.0), (3, 0.0)]
+    for r in rows:
+        assert 0.5 < r["bleu1"] <= 1.0 and r["mean_words"] > 0
+
+
+def test_subsets_decode_every_sub_ensemble(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = decode_sweep.main(["--project", str(project), "--beams", "1", "--penalties", "0", "--blocks", "0",
+                              "--subsets", "1", "2", "3"])
+    assert [r["members"] for r in rows] == [[0], [1], [2], [0, 1], [0, 2], [1, 2], [0, 1, 2]]
+    # The same model three times: every sub-ensemble decodes the same captions.
+    assert len({round(r["bleu4"], 9) for r in rows}) == 1
+    assert "size 3 bleu1: mean" in capsys.readouterr().out
+
+
+def test_subset_sizes_beyond_the_models_are_refused(project: Path) -> None:
+    with pytest.raises(SystemExit):
+        decode_sweep.main(["--project", str(project), "--subsets", "4"])
