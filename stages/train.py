@@ -69,8 +69,8 @@ def main() -> None:
     n_words = int((train_ids[:, 1:] != 0).sum())
     shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.shape[1]}-d"
     print(f"train: {mp.kind} model, {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
-          f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s): {', '.join(kinds)}, "
-          f"{tp.precision}")
+          f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s): {', '.join(kinds)}; "
+          f"precision {tp.precision}")
     dev = make_dataset(dev_ids, rows["dev"], features, tp.batch_size, tp.bucket_width, None)
 
     with atomic_path(args.live) as live_dir:  # a killed run leaves the old curves or none
