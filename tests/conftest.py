@@ -16,9 +16,9 @@ from captioner.training import compile_model, fit, make_dataset  # noqa: E402
 COLOURS = ("red", "green", "blue", "yellow")
 
 
-def fit_toy(model: keras.Model, ids: np.ndarray, feats: np.ndarray, epochs: int):
+def fit_toy(model: keras.Model, ids: np.ndarray, feats: np.ndarray, epochs: int, label_smoothing: float = 0.0):
     """Compile and fit a toy model on all rows (validated on the same rows), as the train stage does."""
-    compile_model(model, 1e-2)
+    compile_model(model, 1e-2, label_smoothing)
     rows = np.arange(len(ids))
     train = make_dataset(ids, rows, feats, 16, 2, seed=0)
     val = make_dataset(ids, rows, feats, 16, 2, seed=None)

@@ -8,16 +8,8 @@ import tensorflow as tf
 from captioner.decoding import StepDecoder, beam_search
 from captioner.model import build_attention_model, build_merge_model, load_model
 from captioner.params import Params
-from captioner.training import compile_model, dtype_policy, fit, float32_copy, make_dataset
-from tests.conftest import COLOURS, TOY_CHANNELS, TOY_REGIONS
-
-
-def _fit(model: keras.Model, ids: np.ndarray, feats: np.ndarray, label_smoothing: float, epochs: int):
-    compile_model(model, 1e-2, label_smoothing)
-    rows = np.arange(len(ids))
-    train = make_dataset(ids, rows, feats, 16, 2, seed=0)
-    val = make_dataset(ids, rows, feats, 16, 2, seed=None)
-    return fit(model, train, val, epochs=epochs, patience=3, verbose=0)
+from captioner.training import dtype_policy, float32_copy
+from tests.conftest import COLOURS, TOY_CHANNELS, TOY_REGIONS, fit_toy
 
 
 def test_dtype_policy_is_scoped_and_restored() -> None:
@@ -41,7 +33,7 @@ def test_mixed_bfloat16_merge_learns_and_saves_a_float32_model(tmp_path, toy, la
     with dtype_policy("mixed_bfloat16"):
         mixed = build()
     assert mixed.get_layer("logits").compute_dtype == "bfloat16"
-    result = _fit(mixed, ids, feats, label_smoothing, epochs=12)
+    result = fit_toy(mixed, ids, feats, epochs=12, label_smoothing=label_smoothing)
     losses = result.history["val_loss"]
     assert all(np.isfinite(losses)) and losses[result.best_epoch - 1] < 0.6 * losses[0]
 
@@ -70,7 +62,7 @@ def test_mixed_bfloat16_attention_trains_with_a_float32_penalty(toy_attention) -
     keras.utils.set_random_seed(0)
     with dtype_policy("mixed_bfloat16"):
         mixed = build()
-    result = _fit(mixed, ids, feats, 0.0, epochs=10)
+    result = fit_toy(mixed, ids, feats, epochs=10)
     losses = result.history["val_loss"]
     assert all(np.isfinite(losses)) and losses[result.best_epoch - 1] < 0.6 * losses[0]
     saved = float32_copy(mixed, build)
