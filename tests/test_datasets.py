@@ -14,6 +14,7 @@ from PIL import Image
 from captioner.datasets import Dataset, detect_layout, load_dataset
 from captioner.datasets.common import assign_splits, split_counts, validate_fractions
 from captioner.datasets.flickr8k import load_flickr8k
+from tests.conftest import require
 
 REAL_FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "flickr8k"
 
@@ -333,8 +334,8 @@ def test_detect_layout(tmp_path: Path) -> None:
 
 
 def test_real_flickr8k() -> None:
-    if not (REAL_FLICKR8K / "Flickr8k.token.txt").is_file():
-        pytest.skip(f"real Flickr8k not found at {REAL_FLICKR8K} (the repo's sibling ../shared/flickr8k)")
+    require((REAL_FLICKR8K / "Flickr8k.token.txt").is_file(),
+            f"real Flickr8k at {REAL_FLICKR8K} (the repo's sibling ../shared/flickr8k)")
     start = time.perf_counter()
     ds = load_dataset(REAL_FLICKR8K)
     elapsed = time.perf_counter() - start

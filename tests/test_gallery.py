@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from captioner.gallery import bleu_rows, image_paths, render_gallery, select_examples, write_gallery
+from tests.conftest import require
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 180, 20), "blue": (20, 20, 220)}
 
@@ -119,9 +120,8 @@ def screenshot(html: Path, png: Path, profile: Path, size: str = "1200,900") -> 
 
 
 def test_gallery_renders_in_headless_chromium(gallery_inputs) -> None:
-    if shutil.which("chromium") is None:
-        pytest.skip("chromium not installed (Debian: apt-get install -y chromium); "
-                    "this is the gallery's headless render check")
+    require(shutil.which("chromium") is not None,
+            "chromium (Debian: apt-get install -y chromium) for the gallery's headless render check")
     table, paths, root = gallery_inputs
     write_gallery(root / "gallery.html", table, paths, 3, "captioner gallery", {"BLEU4": "0.500"}, root=root)
     png = root / "gallery.png"

@@ -14,6 +14,7 @@ import keras
 import pytest
 
 from captioner.params import update_params_file
+from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,8 +153,7 @@ def make_flickr8k_slice(dst: Path, n_train: int = 36, n_dev: int = 14) -> None:
 
 @pytest.mark.slow
 def test_pipeline_on_a_real_flickr8k_slice(tmp_path: Path) -> None:
-    if not SHARED_FLICKR8K.is_dir():
-        pytest.skip(f"real Flickr8k not found at {SHARED_FLICKR8K} (CI and developers have ../shared)")
+    require(SHARED_FLICKR8K.is_dir(), f"real Flickr8k at {SHARED_FLICKR8K} (the repo's sibling ../shared/flickr8k)")
     project = tmp_path / "proj"
     project.mkdir()
     copy_project(project)
