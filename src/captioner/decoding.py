@@ -217,7 +217,11 @@ def beam_search(
     """Decode one batch of images; width 1 is greedy. Stops at endseq or `max_length` words.
 
     Beams are ranked by total log-probability while searching; the final beam is chosen by
-    log-probability divided by the GNMT length penalty when `length_penalty` > 0. With
+    log-probability divided by the GNMT length penalty when `length_penalty` > 0. A caption's
+    `logprob` is the sum of the log-probabilities of exactly its words, plus that of endseq
+    when it ended; the length penalty counts the same tokens. A beam that reaches
+    `max_length` words ends there if endseq is its most likely next word, else it is cut
+    there: the word it would have gone on with is neither returned nor scored. With
     `block_repeat_ngram` = n > 0, no caption repeats an n-gram ("a man in a red shirt and a
     man in a red shirt ..."). With `attention` (and an attention model), each caption keeps
     the attention weights of its words.
@@ -239,7 +243,7 @@ def beam_search(
     done = np.zeros((n, k), bool)
     lengths = np.zeros((n, k), np.int32)
 
-    for _ in range(max_length + 1):  # + 1 so that max_length words can still end
+    for t in range(max_length + 1):  # + 1 so that max_length words can still end
         logp, h, c, alpha = decoder.step(image, words, h, c)
         vsize = logp.shape[1]
         logp[:, banned] = -np.inf
@@ -247,6 +251,13 @@ def beam_search(
             rows_b, tokens_b = repeated_ngram_bans(seqs.reshape(n * k, -1), block_repeat_ngram)
             logp[rows_b, tokens_b] = -np.inf
         logp = logp.reshape(n, k, vsize)
+        if t == max_length:
+            # Every unfinished beam has max_length words: it ends if endseq is its most likely
+            # next word, else it is cut here, scored on its words only.
+            ends = ~done & (logp.argmax(axis=2) == end)
+            scores = scores + np.where(ends, logp[:, :, end], 0.0).astype(np.float32)
+            lengths = lengths + ends
+            break
         # A finished beam extends only with padding, at no cost.
         logp[done] = -np.inf
         logp[done, 0] = 0.0
@@ -277,7 +288,7 @@ def beam_search(
     out = []
     for i in range(n):
         ids = seqs[i, best[i]].tolist()
-        words_i = [vocab.tokens[t] for t in ids if t not in (0, end)][:max_length]
+        words_i = [vocab.tokens[t] for t in ids if t not in (0, end)]
         att_i = atts[i, best[i], : len(words_i)] if r else None  # real words come first
         out.append(Caption(words_i, float(scores[i, best[i]]), att_i))
     return out
