@@ -1,6 +1,12 @@
+import keras
 import numpy as np
+import pytest
 
-from captioner.training import caption_lengths, make_batch, plan_batches
+from captioner.model import build_merge_model
+from captioner.sequences import encode_captions
+from captioner.text import build_vocabulary
+from captioner.training import caption_lengths, compile_model, fit, make_batch, make_dataset, plan_batches
+from tests.conftest import COLOURS
 
 
 def test_plan_covers_every_row_once_in_length_buckets() -> None:
@@ -29,9 +35,45 @@ def test_batch_is_trimmed_and_shifted() -> None:
     np.testing.assert_array_equal(caption_lengths(ids), [4, 3])
 
 
-def test_fit_learns_and_keeps_the_best_epoch(toy) -> None:
-    result = toy["result"]
+def _val_loss(model: keras.Model, val) -> float:
+    return model.evaluate(val, verbose=0, return_dict=True)["loss"]
+
+
+def test_fit_learns_the_toy_task(toy) -> None:
+    result, ids, feats = toy["result"], toy["ids"], toy["feats"]
     hist = result.history["val_loss"]
-    assert result.best_val_loss == min(hist) and hist[result.best_epoch - 1] == min(hist)
     assert hist[0] > 2 * result.best_val_loss, "validation loss should fall clearly"
     assert result.history["val_masked_accuracy"][result.best_epoch - 1] > 0.8
+    # the fixture's model holds the weights of its best epoch (validated on all rows)
+    val = make_dataset(ids, np.arange(len(ids)), feats, 16, 2, seed=None)
+    assert _val_loss(toy["model"], val) == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("patience", [2, 20])
+def test_fit_ends_with_the_weights_of_the_best_epoch(patience: int) -> None:
+    """The validation captions name the next colour round: once the model learns the training
+    mapping, validation loss rises. The model must come back with its best epoch's weights,
+    whether early stopping ends the fit (patience 2) or all epochs run (patience 20)."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    n = 160
+    cls = rng.integers(0, len(COLOURS), n)
+    feats = np.eye(8, dtype=np.float32)[cls] + 0.05 * rng.standard_normal((n, 8)).astype(np.float32)
+    train_caps = [f"startseq a {COLOURS[c]} thing endseq" for c in cls]
+    val_caps = [f"startseq a {COLOURS[(c + 1) % len(COLOURS)]} thing endseq" for c in cls]
+    vocab = build_vocabulary(train_caps, 1)
+    rows = np.arange(n)
+    train = make_dataset(encode_captions(train_caps, vocab, 8), rows, feats, 16, 2, seed=0)
+    val = make_dataset(encode_captions(val_caps, vocab, 8), rows, feats, 16, 2, seed=None)
+    model = build_merge_model(len(vocab), 8, 16, 32, 0.0)
+    compile_model(model, 1e-2)
+    epochs = 8
+    result = fit(model, train, val, epochs=epochs, patience=patience, verbose=0)
+    hist = result.history["val_loss"]
+    assert 1 < result.best_epoch < result.epochs_run, hist  # the case this test is about
+    assert hist[-1] > 1.2 * result.best_val_loss, hist  # the last epoch is clearly worse
+    assert result.epochs_run == (result.best_epoch + patience if patience < epochs else epochs)
+    restored = _val_loss(model, val)
+    assert restored == pytest.approx(result.best_val_loss, rel=1e-5)
+    assert restored == pytest.approx(hist[result.best_epoch - 1], rel=1e-5)
+    assert restored != pytest.approx(hist[-1], rel=0.1)
