@@ -1,4 +1,7 @@
-"""Stage: parse captions and splits, clean captions, build the vocabulary (JSON)."""
+"""Stage: parse captions and splits, clean captions, build the vocabulary (JSON).
+
+data/text/{split}.parquet: image_id, caption_no, caption (cleaned, wrapped in the start and end
+markers) and raw_caption (the data set's text as read, which the coco-caption metrics tokenise)."""
 
 import argparse
 import os
@@ -30,6 +33,7 @@ def main() -> None:
             f"vocabulary and the model, dev stops training); reader report: {ds.report.get('ignored')}"
         )
     caps = ds.captions.copy()
+    caps["raw_caption"] = caps["caption"]  # the data set's own text, for the coco-caption metrics
     cleaned = caps["caption"].map(clean_caption)
     n_long = int((cleaned.str.split().str.len() > text.max_words).sum())
     caps["caption"] = [wrap(clean_caption(c, text.max_words)) for c in caps["caption"]]
@@ -39,7 +43,7 @@ def main() -> None:
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         for split, part in caps.groupby("split", sort=True):
-            cols = ["image_id", "caption_no", "caption"]
+            cols = ["image_id", "caption_no", "caption", "raw_caption"]
             part[cols].reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
         images = ds.images[["image_id", "split", "path"]].copy()
         images["path"] = [os.path.relpath(p) for p in images["path"]]  # portable: project-relative

@@ -1,5 +1,7 @@
-"""Stage: caption the evaluation split, score corpus BLEU-1..4, write the captions table,
-the BLEU plot data and an offline HTML gallery of the best, worst and sampled captions.
+"""Stage: caption the evaluation split and score it: corpus BLEU-1..4 (nltk, on the cleaned
+captions), the coco-caption suite (pycocoevalcap on the raw references: BLEU-1..4, METEOR,
+ROUGE-L, CIDEr-D) and diversity, beside the human ceiling; write the captions table, the plot
+data and an offline HTML gallery of the best, worst and sampled captions by CIDEr-D.
 Images without features (unreadable, skipped by extract_features) are not scored, and counted."""
 
 import argparse
@@ -9,10 +11,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from captioner.cocoeval import COCO_NAMES, CocoScorer, coco_scores, diversity, java_bin_dir, java_command, rounded
 from captioner.decoding import StepDecoder, generate_captions
-from captioner.evaluation import blind_caption, references_by_image, results_table, score, scored_features
+from captioner.evaluation import (
+    blind_caption,
+    coco_summary,
+    raw_references_by_image,
+    references_by_image,
+    results_table,
+    score,
+    scored_features,
+    split_human_ceiling,
+    train_caption_set,
+)
 from captioner.features import read_features, report_path
-from captioner.gallery import bleu_rows, image_paths, write_gallery
+from captioner.gallery import bleu_rows, coco_rows, image_paths, write_gallery
 from captioner.io import atomic_path, exit_on_sigterm, read_json, reported_errors, write_json
 from captioner.model import load_members
 from captioner.params import load_params
@@ -28,13 +41,20 @@ def main() -> None:
     ap.add_argument("--out", default="data/eval")
     ap.add_argument("--metrics", default="metrics/eval.json")
     ap.add_argument("--plot", default="metrics/bleu.json", help="BLEU-1..4 rows for `dvc plots`")
+    ap.add_argument("--coco-plot", default="metrics/coco.json", help="CIDEr-D and METEOR rows for `dvc plots`")
+    ap.add_argument("--human", help="the human_ceiling stage's JSON for this split (default: compute it here)")
     args = ap.parse_args()
     p = load_params().evaluate
 
     split_file = Path(args.text) / f"{p.split}.parquet"
     if not split_file.exists():
         raise SystemExit(f"evaluate.split: the data set has no '{p.split}' split ({split_file} missing)")
-    refs = references_by_image(pd.read_parquet(split_file))
+    split_table = pd.read_parquet(split_file)
+    refs = references_by_image(split_table)
+    raw_refs = raw_references_by_image(split_table)
+    human = read_json(args.human) if args.human else None
+    if human is not None and human.get("split") != p.split:
+        raise ValueError(f"{args.human}: the human ceiling of split {human.get('split')!r}, not {p.split!r}")
     feat_ids, features, _ = read_features(args.features)
     image_ids, feats, missing = scored_features(refs, feat_ids, features)
     if missing:
@@ -53,12 +73,30 @@ def main() -> None:
     seconds = time.perf_counter() - start
     hyps = [c.words for c in captions]
     bleu = score(refs, image_ids, hyps)
-    blind = blind_caption(pd.read_parquet(Path(args.text) / "train.parquet"))
+    train_table = pd.read_parquet(Path(args.text) / "train.parquet")
+    blind = blind_caption(train_table)
     blind_bleu = score(refs, image_ids, [blind] * len(image_ids))
 
-    table = results_table(image_ids, hyps, [c.logprob for c in captions], refs)
+    start = time.perf_counter()
+    with CocoScorer() as scorer:  # one METEOR JVM for the model, the blind baseline (and the ceiling)
+        coco = coco_scores(scorer, {i: raw_refs[i] for i in image_ids}, {
+            "model": {i: " ".join(h) for i, h in zip(image_ids, hyps)},
+            "blind": dict.fromkeys(image_ids, " ".join(blind)),
+        })
+        if human is None:
+            human = {"split": p.split, **split_human_ceiling(split_table, train_table, scorer)}
+    coco_seconds = time.perf_counter() - start
+    java = "" if java_bin_dir() is None else f" (java: {java_command()})"
+    model_coco = coco["model"]
+    div = rounded(diversity(hyps, train_caption_set(train_table), [refs[i] for i in image_ids]))
+
+    table = results_table(image_ids, hyps, [c.logprob for c in captions], refs,
+                          {k: model_coco.per_image[k] for k in ("cider", "meteor")})
     summary = {"split": p.split, "images": len(image_ids), "beam width": p.beam_width,
                **{k.upper(): f"{v:.3f}" for k, v in bleu.items()},
+               **{f"coco {COCO_NAMES[k]}": f"{model_coco.corpus[k]:.3f}" for k in ("bleu4", "meteor", "rouge_l", "cider")},
+               "human CIDEr-D (4 refs)": f"{human['coco']['cider']:.3f}",
+               "distinct": f"{div['distinct']:.2f}", "novel": f"{div['novel']:.2f}",
                "blind BLEU4": f"{blind_bleu['bleu4']:.3f}"}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
@@ -70,17 +108,28 @@ def main() -> None:
     for problem in problems:
         print(f"evaluate: gallery: {problem}", file=sys.stderr)
     write_json(args.plot, bleu_rows(bleu))
+    write_json(args.coco_plot, coco_rows(model_coco.corpus))
     write_json(args.metrics, {
         **{k: round(v, 4) for k, v in bleu.items()},
+        "coco": model_coco.rounded(),
+        "human": {k: v for k, v in human.items() if k != "split"},
+        "diversity": div,
         "split": p.split, "images": len(image_ids), "images_without_features": len(missing),
         "beam_width": p.beam_width, "decode_seconds": round(seconds, 2),
-        "blind_baseline": {**{k: round(v, 4) for k, v in blind_bleu.items()}, "caption": " ".join(blind)},
+        "blind_baseline": {**{k: round(v, 4) for k, v in blind_bleu.items()},
+                           "coco": coco["blind"].rounded(), "caption": " ".join(blind)},
     })
+    c = model_coco.corpus
     print(f"evaluate ({p.split}, {len(image_ids)} images, beam {p.beam_width}): "
           + "  ".join(f"{k.upper()} {v:.3f}" for k, v in bleu.items())
-          + f"  | blind baseline BLEU4 {blind_bleu['bleu4']:.3f}  | gallery {args.out}/gallery.html")
+          + f"  | coco BLEU4 {c['bleu4']:.3f}  METEOR {c['meteor']:.3f}  ROUGE-L {c['rouge_l']:.3f}  CIDEr-D {c['cider']:.3f}"
+          + f"  | human, {human['references_per_round']} refs: " + coco_summary(human["bleu4"], human["coco"])
+          + f"  | distinct {div['distinct']:.2f}  novel {div['novel']:.2f}  vocab {div['vocab']}"
+          + f"  length {div['mean_length']:.1f} (refs {div['ref_mean_length']:.1f})"
+          + f"  | blind baseline BLEU4 {blind_bleu['bleu4']:.3f}"
+          + f"  | coco {coco_seconds:.1f} s{java}  | gallery {args.out}/gallery.html")
 
 
 if __name__ == "__main__":
-    with reported_errors("evaluate"):
+    with reported_errors("evaluate", (ValueError, OSError, RuntimeError)):
         main()

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from captioner.gallery import bleu_rows, image_paths, render_gallery, select_examples, write_gallery
+from captioner.gallery import bleu_rows, coco_rows, image_paths, render_gallery, select_examples, write_gallery
 from tests.conftest import require
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 180, 20), "blue": (20, 20, 220)}
@@ -42,6 +42,17 @@ def test_select_examples_best_then_worst_then_sample_deterministic() -> None:
     pd.testing.assert_frame_equal(select_examples(shuffled, 7), chosen)  # row order does not matter
     assert len(select_examples(table, 100)) == 10 and select_examples(table, 0).empty
     assert list(select_examples(table, 2)["group"]) == ["best", "worst"]
+
+
+def test_select_examples_ranks_by_cider_when_there_is_one() -> None:
+    table = make_table([0.9, 0.8, 0.1, 0.0]).assign(cider=[0.2, 1.5, 0.9, 0.3])
+    chosen = select_examples(table, 2)
+    assert list(chosen["image_id"]) == ["img01", "img00"]  # best and worst by CIDEr-D (by BLEU-4: img00, img03)
+    page = render_gallery(chosen.assign(src=None, problem=None), "t")
+    assert "Best by CIDEr-D" in page and "Worst by CIDEr-D" in page and "by BLEU-4" not in page
+    assert re.findall(r'data-image-id="([^"]+)"', page) == ["img01", "img00"]
+    assert 'data-bleu4="0.8000" data-cider="1.5000"' in page
+    assert ">CIDEr-D</small> 1.500<" in page and ">BLEU-4</small> 0.800<" in page  # both shown
 
 
 def test_select_examples_breaks_ties_by_image_id() -> None:
@@ -102,6 +113,9 @@ def test_empty_caption_is_visible_and_helpers() -> None:
         {"bleu": "BLEU-1", "score": 0.9123}, {"bleu": "BLEU-2", "score": 0.8},
         {"bleu": "BLEU-3", "score": 0.7}, {"bleu": "BLEU-4", "score": 0.6},
     ]
+    assert coco_rows({"cider": 0.53123, "meteor": 0.2, "bleu4": 0.1}) == [
+        {"metric": "CIDEr-D", "score": 0.5312}, {"metric": "METEOR", "score": 0.2}]
+    assert "Best by BLEU-4" in render_gallery(select_examples(make_table([0.5]), 1).assign(src=None, problem=None), "t")
     assert image_paths(pd.DataFrame({"image_id": ["a"], "split": ["test"], "path": ["x/a.jpg"]})) == {"a": "x/a.jpg"}
     with pytest.raises(ValueError, match="lacks column"):
         select_examples(pd.DataFrame({"image_id": ["a"]}), 1)

@@ -1,7 +1,13 @@
 import pandas as pd
 import pytest
 
-from captioner.evaluation import blind_caption, references_by_image, results_table
+from captioner.evaluation import (
+    blind_caption,
+    raw_references_by_image,
+    references_by_image,
+    results_table,
+    train_caption_set,
+)
 from captioner.metrics import corpus_bleu_scores, sentence_bleu4
 
 
@@ -42,3 +48,21 @@ def test_references_blind_caption_and_table() -> None:
     assert blind_caption(caps) == ["a", "b"]
     table = results_table(["x", "y"], [["c"], ["a", "b"]], [-1.0, -2.0], refs)
     assert list(table["caption"]) == ["c", "a b"] and table["references"][0] == ["c", "a b"]
+
+
+def test_raw_references_and_per_image_columns() -> None:
+    caps = pd.DataFrame({
+        "image_id": ["x", "x", "y"],
+        "caption_no": [1, 0, 0],
+        "caption": ["startseq a b endseq", "startseq c endseq", "startseq a b endseq"],
+        "raw_caption": ["A, b.", "C!", "a B"],
+    })
+    assert raw_references_by_image(caps) == {"x": ["C!", "A, b."], "y": ["a B"]}
+    with pytest.raises(ValueError, match="no raw_caption column.*dvc repro clean_text"):
+        raw_references_by_image(caps.drop(columns="raw_caption"))
+    assert train_caption_set(caps) == {"a b", "c"}
+    refs = references_by_image(caps)
+    table = results_table(["x", "y"], [["c"], ["a"]], [-1.0, -2.0], refs, {"cider": [1.5, 0.25]})
+    assert list(table["cider"]) == [1.5, 0.25]
+    with pytest.raises(ValueError, match="per-image cider: 1 values for 2 images"):
+        results_table(["x", "y"], [["c"], ["a"]], [-1.0, -2.0], refs, {"cider": [1.5]})

@@ -1,12 +1,14 @@
-"""Evaluation helpers: references per image, the blind baseline, the results table."""
+"""Evaluation helpers: references per image (cleaned and raw), the blind baseline, the results table."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from captioner.cocoeval import CocoScorer, human_ceiling, rounded
 from captioner.metrics import corpus_bleu_scores, sentence_bleu4
 from captioner.sequences import feature_rows
 from captioner.text import unwrap
@@ -18,6 +20,25 @@ def references_by_image(captions: pd.DataFrame) -> dict[str, list[list[str]]]:
     for row in captions.sort_values(["image_id", "caption_no"]).itertuples(index=False):
         refs.setdefault(str(row.image_id), []).append(unwrap(row.caption.split()))
     return refs
+
+
+def raw_references_by_image(captions: pd.DataFrame) -> dict[str, list[str]]:
+    """image_id -> its reference captions as the data set wrote them (the ``raw_caption`` column
+    of a split table), in caption order: the input of the coco-caption metrics."""
+    if "raw_caption" not in captions.columns:
+        raise ValueError(
+            "the split table has no raw_caption column (written by an older clean_text): "
+            "rerun `dvc repro clean_text`"
+        )
+    refs: dict[str, list[str]] = {}
+    for row in captions.sort_values(["image_id", "caption_no"]).itertuples(index=False):
+        refs.setdefault(str(row.image_id), []).append(str(row.raw_caption))
+    return refs
+
+
+def train_caption_set(train_captions: pd.DataFrame) -> set[str]:
+    """The cleaned train captions (markers removed, words joined by spaces), for novelty."""
+    return {" ".join(unwrap(c.split())) for c in train_captions["caption"]}
 
 
 def blind_caption(train_captions: pd.DataFrame) -> list[str]:
@@ -33,8 +54,14 @@ def results_table(
     hypotheses: Sequence[Sequence[str]],
     logprobs: Sequence[float],
     refs: dict[str, list[list[str]]],
+    per_image: Mapping[str, Sequence[float]] | None = None,
 ) -> pd.DataFrame:
-    """One row per image: generated caption, its references, score and sentence BLEU-4."""
+    """One row per image: generated caption, its references, score and sentence BLEU-4, plus a
+    column per entry of `per_image` (e.g. the coco suite's per-image ``cider``), in image order."""
+    extra = {name: [float(x) for x in values] for name, values in (per_image or {}).items()}
+    for name, values in extra.items():
+        if len(values) != len(image_ids):
+            raise ValueError(f"per-image {name}: {len(values)} values for {len(image_ids)} images")
     return pd.DataFrame(
         {
             "image_id": list(image_ids),
@@ -42,6 +69,7 @@ def results_table(
             "logprob": list(logprobs),
             "references": [[" ".join(r) for r in refs[i]] for i in image_ids],
             "bleu4": [sentence_bleu4(refs[i], h) for i, h in zip(image_ids, hypotheses)],
+            **extra,
         }
     )
 
@@ -58,3 +86,17 @@ def scored_features(
     ids = sorted(refs)
     rows, missing = feature_rows(ids, feat_ids)
     return [i for i, r in zip(ids, rows) if r >= 0], features[rows[rows >= 0]], missing
+
+
+def split_human_ceiling(split_table: pd.DataFrame, train_table: pd.DataFrame, scorer: CocoScorer) -> dict[str, Any]:
+    """The human ceiling (:func:`captioner.cocoeval.human_ceiling`) of one split's text table,
+    rounded for a metrics file; novelty is measured against `train_table`'s captions."""
+    result = human_ceiling(scorer, raw_references_by_image(split_table), references_by_image(split_table),
+                           train_caption_set(train_table))
+    return rounded(result)
+
+
+def coco_summary(bleu4: float, coco: Mapping[str, float]) -> str:
+    """`BLEU4 x (coco y)  METEOR ...  ROUGE-L ...  CIDEr-D ...` for log lines."""
+    return (f"BLEU4 {bleu4:.3f} (coco {coco['bleu4']:.3f})  METEOR {coco['meteor']:.3f}  "
+            f"ROUGE-L {coco['rouge_l']:.3f}  CIDEr-D {coco['cider']:.3f}")

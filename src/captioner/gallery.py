@@ -1,8 +1,9 @@
 """A self-contained HTML gallery of evaluation captions.
 
 For a deterministic sample of evaluation images it shows the image, the generated caption,
-the reference captions and the per-image (smoothed sentence) BLEU-4: the best examples
-first, then the worst, then a random sample of the rest. Images are embedded as downscaled
+the reference captions, the per-image CIDEr-D (coco-caption) and the smoothed sentence BLEU-4:
+the best examples by CIDEr-D first (by BLEU-4 for a table without CIDEr-D), then the worst,
+then a random sample of the rest. Images are embedded as downscaled
 JPEG ``data:`` URIs and a Content-Security-Policy forbids any other source, so the single
 file opens offline, can be mailed or moved, and never fetches anything.
 """
@@ -24,10 +25,11 @@ from captioner.images import DECODE_ERRORS, ImageError, decode, to_rgb
 from captioner.io import atomic_path
 
 GROUPS: dict[str, str] = {
-    "best": "Best by BLEU-4",
-    "worst": "Worst by BLEU-4",
+    "best": "Best by {score}",
+    "worst": "Worst by {score}",
     "sample": "Random sample of the rest",
 }
+SCORE_NAMES: dict[str, str] = {"cider": "CIDEr-D", "bleu4": "BLEU-4"}
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
@@ -37,7 +39,8 @@ h1{font-size:1.4em;margin:0 0 .3em} h2{font-size:1.15em;margin:1.4em 0 .5em}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
 .card img{display:block;width:100%;max-width:224px;height:auto;margin:0 auto 6px;border-radius:3px}
 .missing{padding:2em .5em;background:#eee;color:#a00;text-align:center;font-size:.9em}
-.id{color:#777;font-size:.85em} .bleu{float:right;font-weight:600;padding:0 .4em;border-radius:3px}
+.id{color:#777;font-size:.85em} .bleu{float:right;font-weight:600;padding:0 .4em;border-radius:3px;margin-left:.3em}
+.bleu small{font-weight:400;color:#555}
 .hi{background:#d7f5d7} .mid{background:#f5efc8} .lo{background:#f8d4d4}
 .caption{font-size:1.05em;margin:.3em 0} .caption.empty{color:#a00;font-style:italic}
 ol{margin:.2em 0 0 1.2em;padding:0;color:#444;font-size:.9em}
@@ -45,20 +48,27 @@ ol{margin:.2em 0 0 1.2em;padding:0;color:#444;font-size:.9em}
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
-def select_examples(table: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFrame:
-    """`size` rows of a captions table (needs ``image_id`` and ``bleu4``) for the gallery.
+def sort_column(table: pd.DataFrame) -> str:
+    """The score the gallery ranks by: ``cider`` when the table has it, else ``bleu4``."""
+    return "cider" if "cider" in table.columns else "bleu4"
 
-    A third (rounded up) are the best by BLEU-4, half the rest (rounded up) the worst, the
-    others a seeded random sample of the remaining rows; ties break on ``image_id``, so the
-    choice does not depend on the table's row order. Returns the rows in display order with a
-    ``group`` column (best: descending BLEU-4, worst: ascending, sample: descending).
+
+def select_examples(table: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFrame:
+    """`size` rows of a captions table (needs ``image_id`` and ``bleu4``; ``cider`` optional)
+    for the gallery.
+
+    A third (rounded up) are the best by CIDEr-D (by BLEU-4 without a ``cider`` column), half
+    the rest (rounded up) the worst, the others a seeded random sample of the remaining rows;
+    ties break on ``image_id``, so the choice does not depend on the table's row order. Returns
+    the rows in display order with a ``group`` column (best: descending score, worst: ascending,
+    sample: descending).
     """
     if size < 0:
         raise ValueError(f"gallery size must be >= 0, got {size}")
     missing = {"image_id", "bleu4"} - set(table.columns)
     if missing:
         raise ValueError(f"captions table lacks column(s) {sorted(missing)}")
-    by_score = {"by": ["bleu4", "image_id"], "ascending": [False, True], "kind": "stable"}
+    by_score = {"by": [sort_column(table), "image_id"], "ascending": [False, True], "kind": "stable"}
     ranked = table.sort_values(**by_score)
     size = min(size, len(ranked))
     n_best = math.ceil(size / 3)
@@ -95,6 +105,10 @@ def _bleu_class(bleu: float) -> str:
     return "hi" if bleu >= 0.5 else "mid" if bleu >= 0.2 else "lo"
 
 
+def _cider_class(cider: float) -> str:
+    return "hi" if cider >= 1.0 else "mid" if cider >= 0.4 else "lo"
+
+
 def _card(row: Mapping[str, object]) -> str:
     esc = html.escape
     image_id = str(row["image_id"])
@@ -109,9 +123,15 @@ def _card(row: Mapping[str, object]) -> str:
                     else '<div class="caption empty">(empty caption)</div>')
     refs = "".join(f"<li>{esc(str(r))}</li>" for r in row["references"])
     bleu = float(row["bleu4"])  # type: ignore[arg-type]
+    badges = f'<span class="bleu {_bleu_class(bleu)}" title="sentence BLEU-4 (smoothed)"><small>BLEU-4</small> {bleu:.3f}</span>'
+    data = f'data-bleu4="{bleu:.4f}"'
+    if isinstance(row.get("cider"), (int, float)) and not math.isnan(float(row["cider"])):  # type: ignore[arg-type]
+        cider = float(row["cider"])  # type: ignore[arg-type]
+        badges += (f'<span class="bleu {_cider_class(cider)}" title="CIDEr-D (coco-caption, this image)">'
+                   f'<small>CIDEr-D</small> {cider:.3f}</span>')
+        data += f' data-cider="{cider:.4f}"'
     return (
-        f'<div class="card" data-image-id="{esc(image_id)}" data-bleu4="{bleu:.4f}">{picture}'
-        f'<span class="bleu {_bleu_class(bleu)}" title="sentence BLEU-4 (smoothed)">{bleu:.3f}</span>'
+        f'<div class="card" data-image-id="{esc(image_id)}" {data}>{picture}{badges}'
         f'<span class="id">{esc(image_id)}</span>{caption_html}<ol title="references">{refs}</ol></div>'
     )
 
@@ -121,9 +141,11 @@ def render_gallery(examples: pd.DataFrame, title: str, summary: Mapping[str, obj
     ``problem`` texts for images that could not be embedded). All text is HTML-escaped."""
     esc = html.escape
     facts = " · ".join(f"{esc(str(k))} <b>{esc(str(v))}</b>" for k, v in (summary or {}).items())
+    score = SCORE_NAMES[sort_column(examples)]
     sections = []
-    for group, heading in GROUPS.items():
+    for group, template in GROUPS.items():
         rows = examples[examples["group"] == group]
+        heading = template.format(score=score)
         if len(rows):
             cards = "\n".join(_card(r) for r in rows.to_dict("records"))
             sections.append(
@@ -201,3 +223,9 @@ def bleu_rows(
 ) -> list[dict[str, object]]:
     """Corpus BLEU as plot rows ``{"bleu": "BLEU-n", "score": x}`` for a `dvc plots` bar chart."""
     return [{"bleu": f"BLEU-{n.removeprefix('bleu')}", "score": round(float(bleu[n]), 4)} for n in names]
+
+
+def coco_rows(coco: Mapping[str, float], names: Mapping[str, str] | None = None) -> list[dict[str, object]]:
+    """Corpus CIDEr-D and METEOR as plot rows ``{"metric": name, "score": x}`` (a `dvc plots` bar chart)."""
+    names = names or {"cider": "CIDEr-D", "meteor": "METEOR"}
+    return [{"metric": label, "score": round(float(coco[key]), 4)} for key, label in names.items()]
