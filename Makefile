@@ -10,6 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 DATA  ?= ../shared/flickr8k
 SPLIT ?= dev
 MODEL ?= attention
+SET   ?=
 PRESET_merge     := presets/flickr8k.yaml
 PRESET_attention := presets/flickr8k-attention.yaml
 PRESET := $(PRESET_$(MODEL))
@@ -40,11 +41,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 ## Real Flickr8k: the MODEL (merge | attention) preset as a tracked experiment on DATA, scored
-## on SPLIT (target `evaluate`: the generated scenes are not needed).
+## on SPLIT (target `evaluate`: the generated scenes are not needed). The preset is applied on top
+## of the committed params.yaml with every key set, so leftovers of earlier `-S` runs never leak in.
+## SET="train.precision=float32 train.ensemble=3" adds overrides on top of the preset.
 flickr8k: $(STAMP) git-ready
 	@test -n "$(PRESET)" || { echo "make: MODEL must be merge or attention, not '$(MODEL)'"; exit 2; }
-	$(BIN)/dvc exp run $$($(BIN)/python -m captioner.params --preset $(PRESET)) \
-		-S data.root=$(DATA) -S evaluate.split=$(SPLIT) evaluate
+	@args=$$($(BIN)/python -m captioner.presets $(PRESET) -S data.root=$(DATA) -S evaluate.split=$(SPLIT) \
+		$(foreach kv,$(SET),-S '$(kv)')) \
+		&& eval "$(BIN)/dvc exp run $$args evaluate"
 	$(BIN)/dvc metrics show
 
 ## Benchmarks (docs/BENCHMARKS.md): the whole suite on DATA -> metrics/bench.json, docs/scaling.png.
