@@ -1,3 +1,5 @@
+import math
+
 import pandas as pd
 import pytest
 
@@ -20,12 +22,23 @@ def test_perfect_and_disjoint_captions() -> None:
     assert low["bleu1"] == 0.0
 
 
-def test_bleu_orders_are_nested() -> None:
+def test_bleu_orders_are_nested_and_exact() -> None:
     refs = [[["a", "dog", "runs", "on", "the", "grass"]], [["two", "men", "sit", "on", "a", "bench"]]]
     hyps = [["a", "dog", "runs", "in", "the", "grass"], ["two", "men", "sit", "near", "a", "bench"]]
     s = corpus_bleu_scores(refs, hyps)
     assert 1.0 > s["bleu1"] > s["bleu2"] > s["bleu3"] >= s["bleu4"] >= 0.0
+    # Corpus n-gram precisions (pooled over both captions): 10/12 unigrams, 6/10 bigrams,
+    # 2/8 trigrams, 0/6 4-grams; same lengths, so no brevity penalty.
     assert s["bleu1"] == pytest.approx(10 / 12)
+    assert s["bleu2"] == pytest.approx((10 / 12 * 6 / 10) ** (1 / 2))
+    assert s["bleu3"] == pytest.approx((10 / 12 * 6 / 10 * 2 / 8) ** (1 / 3))
+    assert s["bleu4"] == pytest.approx(0.0, abs=1e-12)  # a zero 4-gram precision, unsmoothed
+
+
+def test_short_captions_pay_the_brevity_penalty() -> None:
+    s = corpus_bleu_scores([[["a", "b", "c", "d", "e", "f"]]], [["a", "b", "c"]])
+    # every n-gram up to 3 matches, but 3 words for 6: BP = exp(1 - 6 / 3)
+    assert s["bleu1"] == s["bleu2"] == s["bleu3"] == pytest.approx(math.exp(-1.0))
 
 
 def test_mismatched_lengths_fail() -> None:
@@ -34,7 +47,10 @@ def test_mismatched_lengths_fail() -> None:
 
 
 def test_sentence_bleu_is_smoothed() -> None:
-    assert 0.0 < sentence_bleu4([["a", "red", "circle"]], ["a", "red", "square"]) < 1.0
+    # precisions 2/3, 1/2, 0/1, 0/1; smoothing method 1 turns each 0 count into 0.1
+    got = sentence_bleu4([["a", "red", "circle"]], ["a", "red", "square"])
+    assert got == pytest.approx((2 / 3 * 1 / 2 * 0.1 * 0.1) ** (1 / 4))
+    assert sentence_bleu4([["a", "red", "circle", "here"]], ["a", "red", "circle", "here"]) == pytest.approx(1.0)
 
 
 def test_references_blind_caption_and_table() -> None:
