@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
+import sys
+import types
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from captioner.backbones import torch_legacy
 from captioner.backbones.torch_legacy import (
     LEGACY_MAGIC,
     LEGACY_PROTOCOL,
     CheckpointError,
     UnsafeCheckpointError,
+    read_legacy_checkpoint_object,
     read_state_dict,
 )
 from captioner.images import load_image
@@ -123,6 +129,120 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "cut.pth").write_bytes(data[:-10])
     with pytest.raises(CheckpointError, match=r"cut\.pth: truncated"):
         read_state_dict(tmp_path / "cut.pth")
+
+
+@dataclass
+class _Floats:
+    """A float32 torch storage, pickled as its persistent id (then its data after the pickles)."""
+
+    key: str
+    data: tuple[float, ...]
+
+
+@dataclass
+class _Tensor:
+    """Pickled as ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, {})``."""
+
+    storage: _Floats
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _crafted(path: Path, main: object, storages: list[_Floats]) -> Path:
+    """Write a legacy checkpoint as torch would, with stand-in torch modules (torch not needed)."""
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+    torch.FloatStorage = type("FloatStorage", (), {"__module__": "torch"})
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called")
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", len(obj.data), None) if isinstance(obj, _Floats) else None
+
+        def reducer_override(self, obj):
+            if isinstance(obj, _Tensor):
+                return _rebuild_tensor_v2, (obj.storage, obj.offset, obj.size, obj.stride, False, OrderedDict())
+            return NotImplemented
+
+    with pytest.MonkeyPatch.context() as mp, path.open("wb") as f:
+        mp.setitem(sys.modules, "torch", torch)
+        mp.setitem(sys.modules, "torch._utils", utils)
+        for obj in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}):
+            pickle.dump(obj, f, protocol=2)
+        Pickler(f, protocol=2).dump(main)
+        pickle.dump([s.key for s in storages], f, protocol=2)
+        for s in storages:
+            f.write(struct.pack("<q", len(s.data)) + np.asarray(s.data, "<f4").tobytes())
+    return path
+
+
+def test_crafted_checkpoint_helper_reads_back(tmp_path: Path) -> None:
+    six = _Floats("0", tuple(range(6)))
+    ckpt = _crafted(tmp_path / "ok.pth", OrderedDict(w=_Tensor(six, 0, (3, 2), (1, 3)), s=_Tensor(six, 5, (), ())), [six])
+    got = read_state_dict(ckpt)
+    np.testing.assert_array_equal(got["w"], np.arange(6, dtype=np.float32).reshape(2, 3).T)
+    assert got["s"].shape == () and got["s"] == 5
+
+
+@pytest.mark.parametrize(
+    ("offset", "size", "stride", "problem"),
+    [
+        (0, (10**7, 10**7), (0, 0), r"\d+ elements, more than the 4 of its storage"),  # 400 TB from 16 bytes
+        (0, (4, 4), (1, 0), r"\d+ elements, more than the 4 of its storage"),
+        (0, (-1, 4), (4, 1), "negative size, stride or offset"),
+        (3, (2, 2), (-2, 1), "negative size, stride or offset"),
+        (-1, (2,), (1,), "negative size, stride or offset"),
+        (0, (0, 2**70), (1, 1), "Maximum allowed dimension"),
+        (2, (3,), (1,), "lies outside its storage"),
+    ],
+)
+def test_hostile_tensor_geometry_is_refused_naming_the_file(
+    tmp_path: Path, offset: int, size: tuple[int, ...], stride: tuple[int, ...], problem: str
+) -> None:
+    four = _Floats("0", (1.0, 2.0, 3.0, 4.0))
+    ckpt = _crafted(tmp_path / "forged.pth", {"w": _Tensor(four, offset, size, stride)}, [four])
+    with pytest.raises(CheckpointError, match=rf"forged\.pth: tensor of size .*: {problem}"):
+        read_state_dict(ckpt)
+
+
+def _main_pickle_only(path: Path, main: bytes) -> Path:
+    with path.open("wb") as f:
+        for obj in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}):
+            pickle.dump(obj, f, protocol=2)
+        f.write(main)
+        pickle.dump([], f, protocol=2)
+    return path
+
+
+@pytest.mark.parametrize(
+    "ref", [b"ctorch._utils\n_rebuild_tensor_v2\n", b"ccollections\nOrderedDict\n", b"ctorch\nFloatStorage\n"]
+)
+def test_each_global_reference_is_a_fresh_object_a_file_cannot_alter(tmp_path: Path, ref: bytes) -> None:
+    shared = [torch_legacy._rebuild_tensor_v2, OrderedDict]
+    twice = _main_pickle_only(tmp_path / "twice.pth", b"\x80\x02" + ref + ref + b"\x86.")  # (global, global)
+    with twice.open("rb") as f:
+        first, second = read_legacy_checkpoint_object(f, str(twice))
+    assert first is not second and first not in shared and second not in shared
+
+    # GLOBAL, BUILD {"pwned": 1} on it (sets an attribute where it can), GLOBAL again
+    build = b"}X\x05\x00\x00\x00pwnedK\x01sb"
+    mutating = _main_pickle_only(tmp_path / "mutating.pth", b"\x80\x02" + ref + build + ref + b"\x86.")
+    try:
+        with mutating.open("rb") as f:
+            first, second = read_legacy_checkpoint_object(f, str(mutating))
+        assert not hasattr(second, "pwned")
+    except CheckpointError:  # refused outright: fine too
+        pass
+    finally:
+        leaked = [obj for obj in shared if "pwned" in vars(obj)]
+        for obj in leaked:
+            delattr(obj, "pwned")
+    assert leaked == []
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite0

@@ -12,12 +12,16 @@ Layout of a legacy file, as written by ``torch.save(..., _use_new_zipfile_serial
 6. for each key: int64 element count, then the raw elements
 
 Every pickle is read by a restricted unpickler that resolves only the few globals a
-state dict needs (see :data:`ALLOWED_GLOBALS`); anything else raises
-:class:`UnsafeCheckpointError` before it can run.
+state dict needs (see :data:`ALLOWED_GLOBALS`), each time as a fresh stand-in (so a crafted
+file cannot alter this module's objects); anything else raises
+:class:`UnsafeCheckpointError` before it can run. Tensors must have non-negative sizes,
+strides and offsets, lie inside their storage and hold no more elements than it has (a
+zero-stride tensor must not expand a few bytes of file into terabytes).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from collections import OrderedDict
@@ -58,10 +62,9 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 @dataclass(frozen=True)
 class _StorageType:
-    """Stand-in for ``torch.<X>Storage``: only its element dtype matters (not callable)."""
+    """Stand-in for ``torch.<X>Storage``: only its name matters (not callable)."""
 
     name: str
-    dtype: np.dtype
 
 
 @dataclass
@@ -123,25 +126,41 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UnsafeCheckpointError(
                 f"{self._source}: refusing global {module}.{name} (not a tensor/state-dict type)"
             )
+        # A fresh object per call: a BUILD opcode may set attributes on what it gets.
         if module == "collections":
-            return OrderedDict
+
+            def ordered_dict(*args: Any, **kwargs: Any) -> OrderedDict:
+                return OrderedDict(*args, **kwargs)
+
+            return ordered_dict
         if module == "torch._utils":
-            return _rebuild_tensor_v2
-        return _StorageType(name, STORAGE_DTYPES[name])
+
+            def rebuild_tensor_v2(*args: Any) -> _PendingTensor:
+                return _rebuild_tensor_v2(*args)
+
+            return rebuild_tensor_v2
+        return _StorageType(name)
 
     def persistent_load(self, pid: Any) -> _Storage | _StorageView:
         if not (isinstance(pid, tuple) and len(pid) == 6 and _text(pid[0]) == "storage"):
             raise CheckpointError(f"{self._source}: unsupported persistent id {pid!r:.80}")
         _, storage_type, key, _location, numel, view = pid
-        if not isinstance(storage_type, _StorageType):
+        dtype = None
+        if isinstance(storage_type, _StorageType) and isinstance(storage_type.name, str):
+            dtype = STORAGE_DTYPES.get(storage_type.name)  # the name, as a BUILD may have changed it
+        if dtype is None:
             raise CheckpointError(
                 f"{self._source}: storage type {storage_type!r:.80} is not a torch storage class"
             )
         key = _text(key)
-        root = self._storages.setdefault(key, _Storage(key, storage_type.dtype, int(numel)))
+        if int(numel) < 0:
+            raise CheckpointError(f"{self._source}: storage {key} has a negative element count {numel}")
+        root = self._storages.setdefault(key, _Storage(key, dtype, int(numel)))
         if view is None:
             return root
         _view_key, offset, view_numel = view
+        if int(offset) < 0 or int(view_numel) < 0 or int(offset) + int(view_numel) > root.numel:
+            raise CheckpointError(f"{self._source}: view ({offset}, {view_numel}) lies outside storage {key}")
         return _StorageView(root, int(offset), int(view_numel))
 
 
@@ -201,18 +220,27 @@ def _materialise(tensor: _PendingTensor, source: str) -> np.ndarray:
     if base.data is None:
         raise CheckpointError(f"{source}: storage {base.key} has no data section")
     flat = base.data[start : start + numel]
-    if not tensor.size:
-        return flat[tensor.offset : tensor.offset + 1].reshape(()).copy()
-    if any(s == 0 for s in tensor.size):
-        return np.zeros(tensor.size, dtype=base.dtype)
-    last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride, strict=True))
-    if tensor.offset < 0 or any(s < 0 for s in tensor.stride) or last >= len(flat):
-        raise CheckpointError(f"{source}: tensor of size {tensor.size} lies outside its storage {base.key}")
+    size, stride, offset = tensor.size, tensor.stride, tensor.offset
+    what = f"tensor of size {size}, stride {stride} and offset {offset} in storage {base.key}"
+    if len(stride) != len(size):
+        raise CheckpointError(f"{source}: {what}: {len(size)} sizes but {len(stride)} strides")
+    if min((offset, *size, *stride)) < 0:
+        raise CheckpointError(f"{source}: {what}: negative size, stride or offset")
+    count = math.prod(size)
+    if count > len(flat):  # bounds the allocation by the data actually in the file
+        raise CheckpointError(f"{source}: {what}: {count} elements, more than the {len(flat)} of its storage")
+    if count == 0:
+        try:
+            return np.zeros(size, dtype=base.dtype)
+        except ValueError as e:  # a dimension beyond what numpy can index
+            raise CheckpointError(f"{source}: {what}: {e}") from None
+    if offset + sum((n - 1) * s for n, s in zip(size, stride)) >= len(flat):
+        raise CheckpointError(f"{source}: {what}: lies outside its storage")
+    if not size:
+        return flat[offset : offset + 1].reshape(()).copy()
     item = base.dtype.itemsize
-    strided = np.lib.stride_tricks.as_strided(
-        flat[tensor.offset :], shape=tensor.size, strides=[s * item for s in tensor.stride], writeable=False
-    )
-    return np.ascontiguousarray(strided)
+    strides = [s * item if n > 1 else 0 for n, s in zip(size, stride)]  # a length-1 axis's is unused
+    return np.ascontiguousarray(np.lib.stride_tricks.as_strided(flat[offset:], size, strides, writeable=False))
 
 
 def _resolve(obj: Any, source: str) -> Any:
