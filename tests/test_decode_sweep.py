@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from benchmarks import decode_sweep
+from captioner.decoding import StepDecoder, beam_search
+from captioner.metrics import corpus_bleu_scores
 from captioner.features import write_features
 from captioner.io import write_json
 from captioner.text import save_vocabulary
@@ -37,11 +40,19 @@ def project(tmp_path_factory: pytest.TempPathFactory, toy: dict) -> Path:
     return root
 
 
-def test_sweep_rows_score_each_setting(project: Path) -> None:
+def test_sweep_rows_score_each_setting(project: Path, toy: dict) -> None:
     rows = decode_sweep.main(["--project", str(project), "--beams", "1", "3", "--penalties", "0", "--blocks", "0"])
     assert [(r["beam"], r["length_penalty"]) for r in rows] == [(1, 0.0), (3, 0.0)]
+    # The same numbers by hand: decode the 12 images with the ensemble (the toy model three
+    # times) and score each caption against its own image's reference.
+    refs = [[["a", COLOURS[c], "thing"]] for c in toy["cls"][:12]]
+    decoder = StepDecoder([toy["model"]] * 3)
     for r in rows:
-        assert 0.5 < r["bleu1"] <= 1.0 and r["mean_words"] > 0
+        caps = beam_search(decoder, toy["feats"][:12], toy["vocab"], r["beam"], 40)
+        want = corpus_bleu_scores(refs, [c.words for c in caps])
+        assert {k: r[k] for k in want} == pytest.approx(want, abs=1e-9)
+        assert r["mean_words"] == pytest.approx(np.mean([len(c.words) for c in caps]), abs=0.005)
+        assert r["bleu1"] > 0.5
 
 
 def test_subsets_decode_every_sub_ensemble(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
