@@ -7,7 +7,7 @@ import tensorflow as tf
 from captioner.decoding import StepDecoder, beam_search
 from captioner.model import build_attention_model, load_model, model_kind, model_signature
 from captioner.text import END_ID
-from captioner.training import compile_model
+from captioner.training import compile_model, make_dataset
 from tests.conftest import COLOURS, TOY_CHANNELS, TOY_REGIONS
 
 
@@ -39,8 +39,13 @@ def test_doubly_stochastic_penalty_is_in_the_loss_and_ignores_padding() -> None:
 
 
 def test_training_learns_the_toy_task(toy_attention) -> None:
-    r = toy_attention["result"]
+    r, ids, feats = toy_attention["result"], toy_attention["ids"], toy_attention["feats"]
     assert r.history["val_masked_accuracy"][r.best_epoch - 1] > 0.9
+    # the model holds its best epoch's weights: re-evaluated, it scores that epoch's loss and accuracy
+    val = make_dataset(ids, np.arange(len(ids)), feats, 16, 2, seed=None)
+    got = toy_attention["model"].evaluate(val, verbose=0, return_dict=True)
+    assert got["loss"] == pytest.approx(r.best_val_loss, rel=1e-5)
+    assert got["masked_accuracy"] == pytest.approx(r.history["val_masked_accuracy"][r.best_epoch - 1], abs=1e-6)
 
 
 def test_save_load_roundtrip_in_safe_mode(tmp_path, toy_attention) -> None:

@@ -19,7 +19,7 @@ from captioner.features import (
     read_features,
     write_features,
 )
-from captioner.images import ImageError
+from captioner.images import ImageError, load_image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SIZE = 16
@@ -71,7 +71,8 @@ def test_decoded_batches_sizes_and_order(images: list[Path]) -> None:
     batches = list(decoded_batches(images, SIZE, batch_size=4, workers=2))
     assert [len(b) for b in batches] == [4, 4, 3]
     flat = [d.pixels for batch in batches for d in batch]
-    assert all(p.shape == (SIZE, SIZE, 3) for p in flat)
+    for pixels, path in zip(flat, images, strict=True):  # each image's own pixels, in order
+        np.testing.assert_array_equal(pixels, load_image(path, SIZE))
     assert all(d.problem is None for batch in batches for d in batch)
     sequential = [d.pixels for batch in decoded_batches(images, SIZE, 4, 0) for d in batch]
     assert all(np.array_equal(a, b) for a, b in zip(flat, sequential, strict=True))
