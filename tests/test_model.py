@@ -69,3 +69,13 @@ def test_load_members_of_an_ensemble_folder(tmp_path, toy) -> None:
         member_files({"members": []})
     with pytest.raises(ValueError, match="model_2.keras"):
         load_members(tmp_path, {"members": ["model.keras", "model_2.keras"]})
+
+
+@pytest.mark.parametrize("member", ["/etc/model.keras", "../model.keras", "sub/model.keras", "..", ".", "", "a\\b.keras"])
+def test_members_must_be_plain_file_names(tmp_path, toy, member: str) -> None:
+    from captioner.model import load_members
+
+    (tmp_path / "model").mkdir()
+    toy["model"].save(tmp_path / "model.keras")  # a model outside the folder, where '..' points
+    with pytest.raises(ValueError, match=r"model/meta\.json: 'members' must be plain file names"):
+        load_members(tmp_path / "model", {"members": [member]})

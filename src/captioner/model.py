@@ -28,6 +28,7 @@ fixed names so that `captioner.decoding` can run them one word at a time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import keras
@@ -184,11 +185,29 @@ def load_model(path: str, feature_dim: int | None = None, vocab_size: int | None
     return model
 
 
-def member_files(meta: dict) -> list[str]:
-    """File names of a model folder's ensemble members (meta.json "members"; one model by default)."""
+def _plain_file_name(name: object) -> bool:
+    """A bare name inside the folder: no separator, not absolute, not `.` or `..`, no NUL."""
+    return (
+        isinstance(name, str) and name not in ("", ".", "..")
+        and not any(c in name for c in ("/", "\\", "\0"))
+    )
+
+
+def member_files(meta: dict, source: str | os.PathLike[str] = "meta.json") -> list[str]:
+    """File names of a model folder's ensemble members (meta.json "members"; one model by default).
+
+    Only plain file names are accepted, so a meta.json (named `source` in errors) cannot make
+    the loader read a model from outside its folder.
+    """
     members = meta.get("members", ["model.keras"])
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
-        raise ValueError(f"meta.json: 'members' must be a non-empty list of file names, got {members!r}")
+        raise ValueError(f"{source}: 'members' must be a non-empty list of file names, got {members!r}")
+    bad = [m for m in members if not _plain_file_name(m)]
+    if bad:
+        raise ValueError(
+            f"{source}: 'members' must be plain file names in the model folder (no folders, "
+            f"'..' or absolute paths), got {bad!r}"
+        )
     return members
 
 
@@ -196,4 +215,5 @@ def load_members(
     folder: str | Path, meta: dict, feature_dim: int | None = None, vocab_size: int | None = None
 ) -> list[keras.Model]:
     """Load every member model of a trained model folder, each checked like `load_model`."""
-    return [load_model(str(Path(folder) / name), feature_dim, vocab_size) for name in member_files(meta)]
+    names = member_files(meta, Path(folder) / "meta.json")
+    return [load_model(str(Path(folder) / name), feature_dim, vocab_size) for name in names]
