@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 
 from captioner.cocoeval import COCO_NAMES, CocoScorer, coco_scores, diversity, java_bin_dir, java_command, rounded
-from captioner.decoding import StepDecoder, generate_captions
 from captioner.evaluation import (
     blind_caption,
     coco_summary,
@@ -27,8 +26,7 @@ from captioner.evaluation import (
 from captioner.features import read_features, report_path
 from captioner.gallery import bleu_rows, coco_rows, image_paths, write_gallery
 from captioner.io import atomic_path, exit_on_sigterm, read_json, reported_errors, write_json
-from captioner.model import load_members
-from captioner.params import load_params
+from captioner.params import EvaluateParams, load_params
 from captioner.text import load_vocabulary
 
 
@@ -45,6 +43,14 @@ def main() -> None:
     ap.add_argument("--human", help="the human_ceiling stage's JSON for this split (default: compute it here)")
     args = ap.parse_args()
     p = load_params().evaluate
+    # The METEOR JVM loads its paraphrase table (~15 s) while TensorFlow loads and the model decodes.
+    with CocoScorer() as scorer:
+        evaluate(args, p, scorer)
+
+
+def evaluate(args: argparse.Namespace, p: EvaluateParams, scorer: CocoScorer) -> None:
+    from captioner.decoding import StepDecoder, generate_captions  # TensorFlow: after the JVM's start
+    from captioner.model import load_members
 
     split_file = Path(args.text) / f"{p.split}.parquet"
     if not split_file.exists():
@@ -78,14 +84,13 @@ def main() -> None:
     blind_bleu = score(refs, image_ids, [blind] * len(image_ids))
 
     start = time.perf_counter()
-    with CocoScorer() as scorer:  # one METEOR JVM for the model, the blind baseline (and the ceiling)
-        coco = coco_scores(scorer, {i: raw_refs[i] for i in image_ids}, {
-            "model": {i: " ".join(h) for i, h in zip(image_ids, hyps)},
-            "blind": dict.fromkeys(image_ids, " ".join(blind)),
-        })
-        if human is None:
-            human = {"split": p.split, **split_human_ceiling(split_table, train_table, scorer)}
-    coco_seconds = time.perf_counter() - start
+    coco = coco_scores(scorer, {i: raw_refs[i] for i in image_ids}, {  # one METEOR JVM for all
+        "model": {i: " ".join(h) for i, h in zip(image_ids, hyps)},
+        "blind": dict.fromkeys(image_ids, " ".join(blind)),
+    })
+    if human is None:
+        human = {"split": p.split, **split_human_ceiling(split_table, train_table, scorer)}
+    coco_seconds = time.perf_counter() - start  # the wait for the JVM hidden behind decoding is not counted
     java = "" if java_bin_dir() is None else f" (java: {java_command()})"
     model_coco = coco["model"]
     div = rounded(diversity(hyps, train_caption_set(train_table), [refs[i] for i in image_ids]))
