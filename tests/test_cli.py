@@ -57,6 +57,32 @@ def test_expand_inputs_files_folders_globs(photos: Path) -> None:
     assert [p.name for p in every] == ["a.png", "broken.jpg", "b.JPG", "c.webp"]  # folders: images only, recursive
 
 
+def test_folders_skip_hidden_files_and_folders_and_the_given_ones(photos: Path) -> None:
+    (photos / ".thumbnails").mkdir()
+    Image.new("RGB", (8, 8)).save(photos / ".thumbnails" / "a.png")
+    Image.new("RGB", (8, 8)).save(photos / "trip" / "._b.jpg", "JPEG")  # macOS resource fork
+    (photos / "maps").mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "maps" / "a.attention.png")
+    paths, unmatched = expand_inputs([str(photos)], skip=[photos / "maps"])
+    assert [p.relative_to(photos).as_posix() for p in paths] == ["a.png", "broken.jpg", "trip/b.JPG", "trip/c.webp"]
+    assert unmatched == []
+    named, _ = expand_inputs([str(photos / "trip" / "._b.jpg"), str(photos / "maps")], skip=[photos / "maps"])
+    assert [p.name for p in named] == ["._b.jpg", "a.attention.png"]  # named explicitly: kept
+
+
+def test_missing_path_pattern_and_empty_folder_are_reported_apart(model_dir: Path, photos: Path, capsys) -> None:
+    (photos / "empty").mkdir()
+    missing = photos / "trip" / "d.jpg"
+    code = main(["caption", str(missing), str(photos / "a.png"), str(photos / "*.gif"), str(photos / "empty"),
+                 "--model", str(model_dir), "--beam", "1", "--max-length", "4"])
+    out, err = capsys.readouterr()
+    assert code == 1  # some inputs failed...
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(photos / "a.png")]  # ...the others were captioned
+    assert f"captioner: {missing}: no such file or folder\n" in err
+    assert f"captioner: {photos / '*.gif'}: no image matches this pattern\n" in err
+    assert f"captioner: {photos / 'empty'}: no images in this folder\n" in err
+
+
 def test_missing_model_is_a_clear_error(photos: Path, tmp_path: Path, capsys) -> None:
     assert main(["caption", str(photos / "a.png"), "--model", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
@@ -80,7 +106,7 @@ def test_json_lines_and_unreadable_images_reported_per_file(model_dir: Path, pho
         assert set(r) == {"image", "caption", "score"} and isinstance(r["caption"], str)
         assert len(r["caption"].split()) <= 6 and r["score"] <= 0.0
     assert f"{photos / 'broken.jpg'}: not a recognised image format" in err
-    assert f"{photos / 'nothing*.png'}: no such file, folder or matching image" in err
+    assert f"{photos / 'nothing*.png'}: no image matches this pattern" in err
 
 
 def test_plain_output_for_a_glob(model_dir: Path, photos: Path, capsys) -> None:
@@ -148,3 +174,29 @@ def test_attention_map_of_a_merge_model_is_a_clear_error(model_dir: Path, photos
     code = main(["caption", str(photos / "a.png"), "--model", str(model_dir), "--attention-map", str(tmp_path)])
     assert code == 2
     assert "merge model has no attention" in capsys.readouterr().err
+
+
+def test_attention_maps_inside_the_input_folder_are_not_captioned_next_time(
+    attention_dir: Path, photos: Path, capsys
+) -> None:
+    trip, maps = photos / "trip", photos / "trip" / "maps"
+    for _ in range(2):
+        assert main(["caption", str(trip), "--model", str(attention_dir), "--max-length", "3",
+                     "--attention-map", str(maps)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [Path(line.split("\t")[0]).name for line in lines] == ["b.JPG", "c.webp"]
+    assert sorted(p.name for p in maps.iterdir()) == ["b.attention.png", "c.attention.png"]
+
+
+def test_an_attention_map_that_cannot_be_written_fails_the_run_not_the_others(
+    attention_dir: Path, photos: Path, tmp_path: Path, capsys
+) -> None:
+    blocker = tmp_path / "maps"
+    blocker.write_text("a file where the maps folder should go")
+    code = main(["caption", str(photos / "trip"), "--model", str(attention_dir), "--max-length", "3",
+                 "--json", "--attention-map", str(blocker)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["image"]).name for r in rows] == ["b.JPG", "c.webp"] and all("attention_map" not in r for r in rows)
+    assert err.count("cannot write the attention map") == 2

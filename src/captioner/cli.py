@@ -3,9 +3,13 @@
     captioner caption photo.jpg holiday/ 'shots/*.png' --beam 3 --json
     captioner caption photo.jpg --attention-map maps/    # attention models: where each word looked
 
-Exit status: 0 all images captioned; 1 some inputs were unreadable or matched nothing (the
-others are still captioned); 2 nothing to caption, or the model folder is missing or
-inconsistent (no model, vocabulary/model mismatch, backbone/feature mismatch).
+Folders are searched recursively for images, skipping hidden files and folders (``.name``)
+and the ``--attention-map`` folder; a file named explicitly is always tried.
+
+Exit status: 0 all images captioned; 1 some inputs were missing, unreadable, matched nothing
+or their attention map could not be written (the others are still captioned); 2 nothing to
+caption, or the model folder is missing or inconsistent (no model, vocabulary/model
+mismatch, backbone/feature mismatch).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from captioner.text import Vocabulary
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+GLOB_CHARS = "*?["
 MODEL_FILES = ("model.keras", "vocab.json", "meta.json")
 
 
@@ -47,26 +52,50 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
+def _folder_images(folder: Path, skip: set[Path]) -> list[Path]:
+    """Images under `folder` (sorted), not descending into hidden folders or those in `skip`
+    (resolved paths) and leaving out hidden files."""
+    found: list[Path] = []
+    for dirpath, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and Path(dirpath, d).resolve() not in skip]
+        found += [f for name in files if not name.startswith(".") and _is_image(f := Path(dirpath, name))]
+    return sorted(found)
+
+
+def expand_inputs(items: Sequence[str], skip: Sequence[Path] = ()) -> tuple[list[Path], list[str]]:
     """Files, folders and globs -> image paths (in order, without repeats), plus inputs that matched nothing.
 
     A file named explicitly is always kept (it is reported later if it is not an image);
-    folders (recursively) and globs keep files with an image suffix, sorted.
+    folders (recursively, without hidden files and folders or the folders in `skip`) and globs
+    keep files with an image suffix, sorted. A path without glob characters is never globbed.
     """
+    skipped = {Path(s).resolve() for s in skip}
     paths: dict[Path, None] = {}
     unmatched: list[str] = []
     for item in items:
         p = Path(os.path.expanduser(item))
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if _is_image(f))
+            found = _folder_images(p, skipped)
         elif p.exists():
             found = [p]
-        else:
+        elif any(c in item for c in GLOB_CHARS):
             found = sorted(f for f in map(Path, glob.glob(str(p), recursive=True)) if _is_image(f))
+        else:
+            found = []
         if not found:
             unmatched.append(item)
         paths.update(dict.fromkeys(found))
     return list(paths), unmatched
+
+
+def unmatched_reason(item: str) -> str:
+    """Why an input of `expand_inputs` gave no image."""
+    p = Path(os.path.expanduser(item))
+    if p.is_dir():
+        return "no images in this folder"
+    if not p.exists() and any(c in item for c in GLOB_CHARS):
+        return "no image matches this pattern"
+    return "no such file or folder"
 
 
 def load_captioner(model_dir: str | os.PathLike[str]) -> Captioner:
@@ -136,9 +165,10 @@ def _error(message: str) -> None:
 
 
 def _caption(args: argparse.Namespace) -> int:
-    paths, unmatched = expand_inputs(args.images)
+    maps = Path(args.attention_map) if args.attention_map else None
+    paths, unmatched = expand_inputs(args.images, skip=[maps] if maps else [])
     for item in unmatched:
-        _error(f"{item}: no such file, folder or matching image")
+        _error(f"{item}: {unmatched_reason(item)}")
     try:
         cap = load_captioner(args.model)
     except ModelError as e:
@@ -154,7 +184,6 @@ def _caption(args: argparse.Namespace) -> int:
     from captioner.features import extract
 
     decoder = StepDecoder(cap.models)
-    maps = Path(args.attention_map) if args.attention_map else None
     if maps is not None and not decoder.regions:
         _error(f"{args.model}: a merge model has no attention to show; --attention-map needs a model "
                "trained with model.kind: attention")
@@ -165,6 +194,7 @@ def _caption(args: argparse.Namespace) -> int:
     for path, reason in extraction.errors:
         _error(f"{path}: {reason}")
     ok = [p for p, good in zip(paths, extraction.ok_mask) if good]
+    failed = bool(extraction.errors or unmatched)
     if ok:
         feats = np.asarray(extraction.features[extraction.ok_mask], np.float32)
         captions = generate_captions(
@@ -176,9 +206,13 @@ def _caption(args: argparse.Namespace) -> int:
             out = None
             if maps is not None:
                 out = map_path(maps, path, taken)
-                save_attention_map(out, path, cap.backbone.input_size, c.words, c.attention)
+                try:
+                    save_attention_map(out, path, cap.backbone.input_size, c.words, c.attention)
+                except OSError as e:  # the caption is still printed; the exit status says it
+                    _error(f"{out}: cannot write the attention map ({e.strerror or e})")
+                    out, failed = None, True
             print(caption_line(path, c.words, c.logprob, args.json, out), flush=True)
-    return 1 if extraction.errors or unmatched else 0
+    return 1 if failed else 0
 
 
 def save_attention_map(out: Path, image: Path, size: int, words: Sequence[str], weights) -> None:
