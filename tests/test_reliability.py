@@ -12,7 +12,7 @@ existing test that covers it (``see: tests/...``).
 | caption lines: no tab, bad/absent `#n`, >5 captions, empty, blank, CRLF, no final newline, non-UTF-8, BOM, very long, image in no split, duplicates | parsed when valid, otherwise ignored/repaired/noted with file:line in the reader report; too many bad lines is an error naming the file |
 | split files: bad entries, duplicates, several splits, missing on disk; no train/dev split | reported as above; an empty train or dev split stops clean_text with one line |
 | params: unknown keys, wrong types, impossible values, missing data root | `ParamsError` naming the key; stages print one line, no traceback |
-| a stage killed by SIGKILL/SIGTERM mid-write | old artifact or none; SIGTERM leaves no temporaries, SIGKILL's are removed by the next write |
+| a stage killed by SIGKILL/SIGTERM mid-write, or a power loss | old artifact or none (fsynced; a folder swap cut between its two renames is restored by the next write); SIGTERM leaves no temporaries, SIGKILL's are removed by the next write; concurrent writers take turns (see: tests/test_io.py) |
 | extract_features killed after some batches, then `dvc repro` | resumes from the shards, Parquet identical bit for bit to an uninterrupted run |
 | same params and seed twice | features and train/eval metrics identical bit for bit (same machine and thread count) |
 | pickles, object arrays, Lambda layers, YAML tags, mismatched model/vocab/features | refused with a message naming the file |
