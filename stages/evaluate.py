@@ -2,12 +2,21 @@
 captions), the coco-caption suite (pycocoevalcap on the raw references: BLEU-1..4, METEOR,
 ROUGE-L, CIDEr-D) and diversity, beside the human ceiling; write the captions table, the plot
 data and an offline HTML gallery of the best, worst and sampled captions by CIDEr-D.
-Images without features (unreadable, skipped by extract_features) are not scored, and counted."""
+Images without features (unreadable, skipped by extract_features) are not scored, and counted.
+`--metrics` holds scores only (what `dvc metrics diff` compares); the split, image counts,
+decoding settings, timings and the blind caption go to `--run-info`, which is not a DVC metric."""
 
 import argparse
 import sys
 import time
 from pathlib import Path
+
+try:  # first: a Python without the project's packages stops here, in one line; TensorFlow quiet
+    from captioner.console import setup_stage_output
+except ModuleNotFoundError as e:
+    sys.exit(f"{sys.argv[0]}: {sys.executable} has no '{e.name}': activate the project's venv "
+             "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")
+setup_stage_output()
 
 import pandas as pd
 
@@ -38,6 +47,7 @@ def main() -> None:
     ap.add_argument("--model", default="data/model")
     ap.add_argument("--out", default="data/eval")
     ap.add_argument("--metrics", default="metrics/eval.json")
+    ap.add_argument("--run-info", default="metrics/eval_run.json", help="split, counts, decoding, timings")
     ap.add_argument("--plot", default="metrics/bleu.json", help="BLEU-1..4 rows for `dvc plots`")
     ap.add_argument("--coco-plot", default="metrics/coco.json", help="CIDEr-D and METEOR rows for `dvc plots`")
     ap.add_argument("--human", help="the human_ceiling stage's JSON for this split (default: compute it here)")
@@ -119,10 +129,14 @@ def evaluate(args: argparse.Namespace, p: EvaluateParams, scorer: CocoScorer) ->
         "coco": model_coco.rounded(),
         "human": {k: v for k, v in human.items() if k != "split"},
         "diversity": div,
+        "blind_baseline": {**{k: round(v, 4) for k, v in blind_bleu.items()}, "coco": coco["blind"].rounded()},
+    })
+    write_json(args.run_info, {
         "split": p.split, "images": len(image_ids), "images_without_features": len(missing),
-        "beam_width": p.beam_width, "decode_seconds": round(seconds, 2),
-        "blind_baseline": {**{k: round(v, 4) for k, v in blind_bleu.items()},
-                           "coco": coco["blind"].rounded(), "caption": " ".join(blind)},
+        "decoding": {"beam_width": p.beam_width, "length_penalty": p.length_penalty,
+                     "block_repeat_ngram": p.block_repeat_ngram, "max_length": p.max_length},
+        "decode_seconds": round(seconds, 2), "coco_seconds": round(coco_seconds, 2),
+        "blind_caption": " ".join(blind),
     })
     c = model_coco.corpus
     print(f"evaluate ({p.split}, {len(image_ids)} images, beam {p.beam_width}): "

@@ -2,17 +2,25 @@
 keep the best epoch.
 
 Captions whose image has no features (unreadable, skipped by extract_features) are dropped
-and counted. The model folder and the dvclive folder are both written atomically."""
+and counted. The model folder and the curves folder (`--live`: metrics.json holds the best
+epoch's losses only; timings and per-member figures go to run.json, which is not a DVC metric)
+are both written atomically."""
 
 import argparse
 import sys
 import time
 from pathlib import Path
 
-import keras
-from dvclive import Live
-from dvclive.keras import DVCLiveCallback
+try:  # first: a Python without the project's packages stops here, in one line; TensorFlow quiet
+    from captioner.console import setup_stage_output
+except ModuleNotFoundError as e:
+    sys.exit(f"{sys.argv[0]}: {sys.executable} has no '{e.name}': activate the project's venv "
+             "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")
+setup_stage_output()
 
+import keras
+
+from captioner.curves import CurveLogger, best_epoch_summary
 from captioner.features import read_features, report_path
 from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
 from captioner.model import build_attention_model, build_merge_model
@@ -74,7 +82,7 @@ def main() -> None:
     dev = make_dataset(dev_ids, rows["dev"], features, tp.batch_size, tp.bucket_width, None)
 
     with atomic_path(args.live) as live_dir:  # a killed run leaves the old curves or none
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)  # dvc.yaml declares outputs
+        live_dir.mkdir()
         start = time.perf_counter()
         models, results = [], []
         for member in range(tp.ensemble):  # member i trains with seed + i; curves of member 0
@@ -86,7 +94,7 @@ def main() -> None:
                                  tp.seed + member)
             results.append(fit(
                 model, train, dev, tp.epochs, tp.patience,
-                callbacks=[DVCLiveCallback(live=live)] if member == 0 else [],
+                callbacks=[CurveLogger(live_dir / "curves")] if member == 0 else [],
                 verbose=1 if sys.stdout.isatty() else 2,  # a bar with ETA on a terminal, a line per epoch in logs
                 lr_factor=tp.lr_factor, lr_patience=tp.lr_patience,
             ))
@@ -96,14 +104,13 @@ def main() -> None:
         seconds = time.perf_counter() - start
         result = results[0]
         epochs_run = sum(r.epochs_run for r in results)
-        live.summary.update(
-            best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,
-            epochs_run=result.epochs_run, train_seconds=round(seconds, 1),
-            train_words_per_s=round(n_words * epochs_run / seconds, 1),
-        )
-        if tp.ensemble > 1:
-            live.summary["members_best_val_loss"] = [round(r.best_val_loss, 4) for r in results]
-        live.make_summary()
+        write_json(live_dir / "metrics.json", best_epoch_summary(result.history, result.best_epoch))
+        write_json(live_dir / "run.json", {  # run information, not a DVC metric
+            "epochs_run": result.epochs_run, "train_seconds": round(seconds, 1),
+            "train_words_per_s": round(n_words * epochs_run / seconds, 1),
+            "members_best_epoch": [r.best_epoch for r in results],
+            "members_best_val_loss": [round(r.best_val_loss, 5) for r in results],
+        })
 
         members = ["model.keras"] + [f"model_{i}.keras" for i in range(1, len(models))]
         with atomic_path(args.out) as tmp:

@@ -107,7 +107,7 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     """Decoding and scoring."""
 
-    split: Literal["train", "dev", "test"] = "test"
+    split: Literal["train", "dev", "test"] = "dev"  # experiments are compared on dev; test is quoted once
     beam_width: int = Field(1, ge=1)
     length_penalty: float = Field(0.0, ge=0.0)  # 0: raw log-prob; alpha in ((5+len)/6)^alpha
     max_length: int = Field(40, ge=1)  # words generated at most
