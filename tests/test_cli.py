@@ -1,7 +1,9 @@
-"""`captioner caption`: inputs (files, folders, globs), --json, and errors that say what is wrong."""
+"""`captioner caption`: inputs (files, folders, globs), --json, decoding.json and its overrides,
+and errors that say what is wrong (before TensorFlow loads when they can)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -12,8 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from captioner import __version__
 from captioner.cli import expand_inputs, main
 from captioner.io import write_json
+from captioner.model_folder import DecodingConfig, default_model_dir, write_decoding
 from captioner.model import build_merge_model
 from captioner.text import build_vocabulary, save_vocabulary
 
@@ -100,13 +104,69 @@ def test_json_lines_and_unreadable_images_reported_per_file(model_dir: Path, pho
                  "--json", "--beam", "2", "--max-length", "6"])
     out, err = capsys.readouterr()
     assert code == 1  # some inputs failed, the others were captioned
-    rows = [json.loads(line) for line in out.splitlines()]
-    assert [Path(r["image"]).name for r in rows] == ["a.png", "b.JPG", "c.webp"]
-    for r in rows:
+    rows = [json.loads(line) for line in out.splitlines()]  # every line is JSON, errors included
+    captions = [r for r in rows if "caption" in r]
+    assert [Path(r["image"]).name for r in captions] == ["a.png", "b.JPG", "c.webp"]
+    for r in captions:
         assert set(r) == {"image", "caption", "score"} and isinstance(r["caption"], str)
         assert len(r["caption"].split()) <= 6 and r["score"] <= 0.0
-    assert f"{photos / 'broken.jpg'}: not a recognised image format" in err
-    assert f"{photos / 'nothing*.png'}: no image matches this pattern" in err
+    errors = [r for r in rows if "error" in r]
+    assert errors == [
+        {"image": str(photos / "nothing*.png"), "error": "no image matches this pattern"},
+        {"image": str(photos / "broken.jpg"), "error": "not a recognised image format"},
+    ]
+    assert err == ""
+
+
+def test_json_fatal_error_is_a_json_line(photos: Path, tmp_path: Path, capsys) -> None:
+    assert main(["caption", str(photos / "a.png"), "--model", str(tmp_path / "nowhere"), "--json"]) == 2
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["image"] is None and "no trained model at" in row["error"]
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"captioner {__version__}"
+
+
+def test_input_errors_come_before_tensorflow_loads(photos: Path, tmp_path: Path) -> None:
+    """An empty folder (or a missing model) is reported without importing TensorFlow: instantly."""
+    (photos / "empty").mkdir()
+    code = ("import sys; from captioner.cli import main; rc = main(sys.argv[1:]); "
+            "print('TF', 'tensorflow' in sys.modules); sys.exit(rc)")
+    for extra, message in (([str(photos / "empty")], "no images in this folder"),
+                           ([str(photos / "a.png"), "--model", str(tmp_path / "none")], "no trained model at")):
+        proc = subprocess.run([sys.executable, "-c", code, "caption", *extra], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "no such file" not in proc.stderr
+        assert proc.stdout.strip() == "TF False"
+
+
+def test_model_folder_default_env_then_release_then_model(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAPTIONER_MODEL", raising=False)
+    assert default_model_dir() == "data/model"
+    (tmp_path / "data" / "release").mkdir(parents=True)
+    assert default_model_dir() == "data/release"
+    monkeypatch.setenv("CAPTIONER_MODEL", "/models/mine")
+    assert default_model_dir() == "/models/mine"
+
+
+def test_captioner_model_env_is_the_default_model(model_dir: Path, photos: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CAPTIONER_MODEL", str(model_dir))
+    assert main(["caption", str(photos / "a.png"), "--max-length", "3"]) == 0
+    assert capsys.readouterr().out.startswith(f"{photos / 'a.png'}\t")
+
+
+def test_bad_decoding_json_is_a_clear_error(model_dir: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    (other / "decoding.json").write_text('{"beam_width": 0, "max_length": 5}')
+    assert main(["caption", str(photos / "a.png"), "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"{other / 'decoding.json'}: decoding setting beam_width must be" in err
 
 
 def test_plain_output_for_a_glob(model_dir: Path, photos: Path, capsys) -> None:
@@ -198,5 +258,113 @@ def test_an_attention_map_that_cannot_be_written_fails_the_run_not_the_others(
     out, err = capsys.readouterr()
     assert code == 1
     rows = [json.loads(line) for line in out.splitlines()]
-    assert [Path(r["image"]).name for r in rows] == ["b.JPG", "c.webp"] and all("attention_map" not in r for r in rows)
-    assert err.count("cannot write the attention map") == 2
+    captions = [r for r in rows if "caption" in r]
+    assert [Path(r["image"]).name for r in captions] == ["b.JPG", "c.webp"]
+    assert all("attention_map" not in r for r in captions)
+    errors = [r["error"] for r in rows if "error" in r]
+    assert len(errors) == 2 and all(e.startswith("cannot write the attention map (") for e in errors)
+
+
+# ---------------------------------------------------------------- a trained tiny model, decoded like `evaluate`
+
+TINY_COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 50, 220), "yellow": (235, 215, 30)}
+TINY_SHAPES = ("square", "circle")
+
+
+def draw_tiny_photos(folder: Path, per_kind: int = 3) -> dict[Path, str]:
+    """Photos of one coloured square or circle on grey (JPEG and PNG) -> their caption."""
+    from PIL import ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[Path, str] = {}
+    for colour, rgb in TINY_COLOURS.items():
+        for shape in TINY_SHAPES:
+            for i in range(per_kind):
+                im = Image.new("RGB", (120, 96), (120 + 10 * i, 120 + 10 * i, 120 + 10 * i))
+                box = (20 + 8 * i, 12 + 4 * i, 90 + 8 * i, 82 + 2 * i)
+                draw = ImageDraw.Draw(im)
+                (draw.rectangle if shape == "square" else draw.ellipse)(box, fill=rgb)
+                path = folder / f"{colour}-{shape}-{i}.{'jpg' if i % 2 else 'png'}"
+                im.save(path)
+                out[path] = f"a {colour} {shape} on grey"
+    return out
+
+
+@functools.cache
+def trained_tiny_model(base: Path) -> tuple[Path, dict[Path, str]]:
+    """A merge captioner trained for a few seconds on Lite0 (ImageNet) features of 24 drawn
+    photos: (its model folder, {photo: its caption}). Cached per pytest run (`base`: basetemp)."""
+    from captioner.backbones import load_backbone
+    from captioner.features import extract
+    from captioner.sequences import encode_captions
+    from tests.conftest import fit_toy
+
+    photos = draw_tiny_photos(base / "tiny-photos")
+    feats = extract(list(photos), load_backbone("efficientnet_lite0", "imagenet"), 32, 1, False).features
+    caps = [f"startseq {c} endseq" for c in photos.values()]
+    vocab = build_vocabulary(caps, 1)
+    model = build_merge_model(len(vocab), 1280, 16, 32, 0.0)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    fit_toy(model, encode_captions(caps, vocab, 10), feats, epochs=25)
+    out = base / "tiny-model"
+    out.mkdir()
+    model.save(out / "model.keras")
+    save_vocabulary(out / "vocab.json", vocab)
+    write_json(out / "meta.json", {"backbone": "efficientnet_lite0", "weights": "imagenet",
+                                   "feature_dim": 1280, "vocab_size": len(vocab), "kind": "merge"})
+    return out, photos
+
+
+def evaluate_like_the_pipeline(model: Path, images: list[Path], config: DecodingConfig) -> list[str]:
+    """Captions decoded exactly as stages/evaluate.py decodes (features from `extract`)."""
+    from captioner.decoding import StepDecoder, caption_texts, generate_captions
+    from captioner.io import read_json
+    from captioner.model import load_members
+    from captioner.text import load_vocabulary
+
+    feats = extract_features_like_the_pipeline(images)
+    vocab = load_vocabulary(model / "vocab.json")
+    models = load_members(model, read_json(model / "meta.json"), feats.shape[1], len(vocab))
+    captions = generate_captions(StepDecoder(models), feats, vocab, config.beam_width, config.max_length,
+                                 config.length_penalty, 256, False, block_repeat_ngram=config.block_repeat_ngram)
+    return caption_texts(captions)
+
+
+def extract_features_like_the_pipeline(images: list[Path]):
+    from captioner.backbones import load_backbone
+    from captioner.features import extract
+
+    return extract(images, load_backbone("efficientnet_lite0", "imagenet"), 32, 2, False).features
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict[Path, str]]:
+    return trained_tiny_model(tmp_path_factory.getbasetemp())
+
+
+EVALUATED = DecodingConfig(beam_width=3, length_penalty=1.1, block_repeat_ngram=2, max_length=4)
+
+
+def test_cli_prints_the_captions_the_evaluation_produced(tiny, tmp_path: Path, capsys) -> None:
+    """decoding.json holds the evaluation's settings; the CLI must decode with them by default."""
+    model, photos = tiny
+    images = sorted(photos)
+    release = tmp_path / "release"
+    shutil.copytree(model, release)
+    write_decoding(release, EVALUATED)
+    expected = evaluate_like_the_pipeline(release, images, EVALUATED)
+    # The model learnt its task, and max_length 4 cut the 5-word captions: the settings matter.
+    assert sum(e == " ".join(photos[p].split()[:4]) for e, p in zip(expected, images)) >= 0.75 * len(images)
+    assert main(["caption", *map(str, images), "--model", str(release), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == list(map(str, images))
+    assert [r["caption"] for r in rows] == expected
+    # Flags override single settings of decoding.json.
+    assert main(["caption", *map(str, images[:4]), "--model", str(release), "--max-length", "2", "--beam", "1"]) == 0
+    assert [len(line.split("\t")[1].split()) for line in capsys.readouterr().out.splitlines()] == [2] * 4
+    # Without decoding.json: the evaluate defaults (greedy, 40 words), whole captions.
+    assert main(["caption", *map(str, images), "--model", str(model)]) == 0
+    got = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert got == evaluate_like_the_pipeline(model, images, DecodingConfig())

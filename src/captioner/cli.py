@@ -1,7 +1,14 @@
 """The `captioner` command: caption your own photos with the pipeline's trained model.
 
-    captioner caption photo.jpg holiday/ 'shots/*.png' --beam 3 --json
+    captioner caption photo.jpg holiday/ 'shots/*.png' --json
     captioner caption photo.jpg --attention-map maps/    # attention models: where each word looked
+    captioner serve --port 8000                          # HTTP service + demo page (captioner.serve)
+    captioner export exported/                           # SavedModel: JPEG bytes -> caption (captioner.export)
+
+The model folder is --model, else $CAPTIONER_MODEL, else data/release if it exists, else
+data/model. Captions are decoded with the folder's decoding.json (the settings its evaluation
+used; evaluate defaults without one); --beam, --length-penalty, --no-repeat-ngram and
+--max-length override single settings.
 
 Folders are searched recursively for images, skipping hidden files and folders (``.name``)
 and the ``--attention-map`` folder; a file named explicitly is always tried.
@@ -20,32 +27,23 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import keras
+from captioner import __version__
+from captioner.model_folder import (
+    MODEL_ENV,
+    Captioner,
+    DecodingConfig,
+    ModelError,
+    default_model_dir,
+    load_captioner,
+    read_decoding,
+)
 
-    from captioner.backbones import Backbone
-    from captioner.text import Vocabulary
+__all__ = ["Captioner", "DecodingConfig", "ModelError", "expand_inputs", "load_captioner", "main"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GLOB_CHARS = "*?["
-MODEL_FILES = ("model.keras", "vocab.json", "meta.json")
-
-
-class ModelError(Exception):
-    """A model folder is missing or inconsistent; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class Captioner:
-    """A trained model folder, loaded and checked: model, its vocabulary and its CNN backbone."""
-
-    models: list[keras.Model]  # one, or the members of an ensemble
-    vocab: Vocabulary
-    backbone: Backbone
 
 
 def _is_image(path: Path) -> bool:
@@ -98,46 +96,6 @@ def unmatched_reason(item: str) -> str:
     return "no such file or folder"
 
 
-def load_captioner(model_dir: str | os.PathLike[str]) -> Captioner:
-    """Load model.keras, vocab.json and meta.json from `model_dir` and the backbone meta.json names.
-
-    Raises ModelError for a missing folder or file, unreadable JSON, a vocabulary that does not
-    match the model, or a backbone whose features do not match what the model expects.
-    """
-    folder = Path(model_dir)
-    missing = [str(folder / n) for n in MODEL_FILES if not (folder / n).is_file()]
-    if missing:
-        raise ModelError(
-            f"no trained model at {folder} (missing {', '.join(missing)}); "
-            "run `make repro` (or `dvc repro`, or `dvc pull` for a shared one) first, or pass --model DIR"
-        )
-    from captioner.backbones import load_backbone  # TensorFlow loads only once a model is there
-    from captioner.io import read_json
-    from captioner.model import load_members
-    from captioner.text import load_vocabulary
-
-    try:
-        meta: dict[str, Any] = read_json(folder / "meta.json")
-        vocab = load_vocabulary(folder / "vocab.json")
-        backbone_name, feature_dim = str(meta["backbone"]), int(meta["feature_dim"])
-        models = load_members(folder, meta, feature_dim, len(vocab))
-    except (KeyError, TypeError) as e:
-        raise ModelError(f"{folder / 'meta.json'}: missing or bad entry {e}") from None
-    except ValueError as e:
-        raise ModelError(str(e)) from None
-    try:
-        spatial = str(meta.get("spatial") or "pooled")  # grid: an attention model
-        backbone = load_backbone(backbone_name, str(meta.get("weights") or "imagenet"), spatial)
-    except (ValueError, FileNotFoundError) as e:
-        raise ModelError(f"{folder / 'meta.json'}: {e}") from None
-    if backbone.feature_dim != feature_dim:
-        raise ModelError(
-            f"{folder / 'meta.json'}: the model expects {feature_dim}-d features but backbone "
-            f"{backbone_name} gives {backbone.feature_dim}-d"
-        )
-    return Captioner(models, vocab, backbone)
-
-
 def caption_line(
     path: Path, words: Sequence[str], score: float, as_json: bool, attention_map: Path | None = None
 ) -> str:
@@ -160,47 +118,66 @@ def map_path(folder: Path, image: Path, taken: set[Path]) -> Path:
     return out
 
 
-def _error(message: str) -> None:
-    print(f"captioner: {message}", file=sys.stderr)
+class _Reporter:
+    """Where problems go: `captioner: <message>` lines on stderr, or with --json JSON lines
+    {"image", "error"} on stdout beside the captions (image null for a problem with no image)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def __call__(self, message: str, image: str | os.PathLike[str] | None = None) -> None:
+        if self.as_json:
+            print(json.dumps({"image": None if image is None else str(image), "error": message},
+                             ensure_ascii=False), flush=True)
+        else:
+            print(f"captioner: {f'{image}: ' if image is not None else ''}{message}", file=sys.stderr)
+
+
+def decoding_overrides(args: argparse.Namespace) -> dict[str, int | float | None]:
+    """The decoding flags given on the command line (None: not given, use decoding.json)."""
+    return {"beam_width": args.beam, "length_penalty": args.length_penalty,
+            "block_repeat_ngram": args.no_repeat_ngram, "max_length": args.max_length}
 
 
 def _caption(args: argparse.Namespace) -> int:
+    report = _Reporter(args.json)
+    model = args.model or default_model_dir()
     maps = Path(args.attention_map) if args.attention_map else None
+    # Everything that needs no TensorFlow is checked first: bad inputs fail in milliseconds.
     paths, unmatched = expand_inputs(args.images, skip=[maps] if maps else [])
     for item in unmatched:
-        _error(f"{item}: {unmatched_reason(item)}")
-    try:
-        cap = load_captioner(args.model)
-    except ModelError as e:
-        _error(str(e))
-        return 2
+        report(unmatched_reason(item), item)
     if not paths:
-        _error("no images to caption")
+        report("no images to caption")
+        return 2
+    try:
+        from captioner.model_folder import check_model_files
+
+        check_model_files(model)
+        config = read_decoding(model).overridden(**decoding_overrides(args))
+        cap = load_captioner(model)
+    except (ModelError, ValueError) as e:
+        report(str(e))
         return 2
 
     import numpy as np
 
-    from captioner.decoding import StepDecoder, generate_captions
     from captioner.features import extract
 
-    decoder = StepDecoder(cap.models)
-    if maps is not None and not decoder.regions:
-        _error(f"{args.model}: a merge model has no attention to show; --attention-map needs a model "
+    if maps is not None and not cap.attends:
+        report(f"{model}: a merge model has no attention to show; --attention-map needs a model "
                "trained with model.kind: attention")
         return 2
 
-    progress = sys.stderr.isatty()
+    progress = sys.stderr.isatty() and not args.json
     extraction = extract(paths, cap.backbone, args.batch_size, args.workers, progress, on_error="skip")
     for path, reason in extraction.errors:
-        _error(f"{path}: {reason}")
+        report(reason, path)
     ok = [p for p, good in zip(paths, extraction.ok_mask) if good]
     failed = bool(extraction.errors or unmatched)
     if ok:
         feats = np.asarray(extraction.features[extraction.ok_mask], np.float32)
-        captions = generate_captions(
-            decoder, feats, cap.vocab, args.beam, args.max_length, 0.0, args.batch_size, progress,
-            attention=maps is not None,
-        )
+        captions = cap.caption_features(feats, config, args.batch_size, progress, attention=maps is not None)
         taken: set[Path] = set()
         for path, c in zip(ok, captions):
             out = None
@@ -209,10 +186,40 @@ def _caption(args: argparse.Namespace) -> int:
                 try:
                     save_attention_map(out, path, cap.backbone.input_size, c.words, c.attention)
                 except OSError as e:  # the caption is still printed; the exit status says it
-                    _error(f"{out}: cannot write the attention map ({e.strerror or e})")
+                    report(f"cannot write the attention map ({e.strerror or e})", out)
                     out, failed = None, True
             print(caption_line(path, c.words, c.logprob, args.json, out), flush=True)
     return 1 if failed else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from captioner.serve import ServeSettings, run
+
+    model = args.model or default_model_dir()
+    try:
+        config = read_decoding(model).overridden(**decoding_overrides(args))
+        settings = ServeSettings(
+            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=int(args.max_pixels * 1e6),
+            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+        )
+        return run(model, config, settings, args.host, args.port)
+    except (ModelError, ValueError) as e:
+        print(f"captioner: {e}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from captioner.export import export_savedmodel
+
+    model = args.model or default_model_dir()
+    try:
+        config = read_decoding(model).overridden(**decoding_overrides(args))
+        out = export_savedmodel(load_captioner(model), args.out, config)
+    except (ModelError, ValueError) as e:
+        print(f"captioner: {e}", file=sys.stderr)
+        return 2
+    print(f"captioner: exported {model} -> {out}")
+    return 0
 
 
 def save_attention_map(out: Path, image: Path, size: int, words: Sequence[str], weights) -> None:
@@ -234,29 +241,85 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """--model and the decoding flags (each overrides the model folder's decoding.json)."""
+    p.add_argument("--model", default=None, help=f"trained model folder (default: ${MODEL_ENV}, else data/release "
+                   "if it exists, else data/model)")
+    g = p.add_argument_group("decoding", "default: the model folder's decoding.json (the settings its evaluation "
+                             "used), else greedy, no length penalty, no n-gram blocking, 40 words")
+    g.add_argument("--beam", type=positive_int, help="beam width; 1 = greedy")
+    g.add_argument("--length-penalty", type=non_negative_float, help="GNMT length penalty alpha; 0 = off")
+    g.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",
+                   help="never repeat an n-gram of N words; 0 = off")
+    g.add_argument("--max-length", type=positive_int, help="words at most")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="captioner", description="Image captioning with a DVC-trained model.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     cap = sub.add_parser(
         "caption", help="print a caption for each image",
         description="Caption images: one `path<TAB>caption` line each (or JSON lines with --json). "
-        "Unreadable images are reported on stderr and the others are still captioned.",
+        "Unreadable images are reported (on stderr; with --json as {\"image\", \"error\"} lines on stdout) "
+        "and the others are still captioned.",
     )
     cap.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
-    cap.add_argument("--model", default="data/model", help="trained model folder (default: %(default)s)")
+    add_model_flags(cap)
     for flag, default, what in (
-        ("--beam", 3, "beam width; 1 = greedy"),
-        ("--max-length", 40, "words at most"),
         ("--batch-size", 32, "images per batch"),
         ("--workers", 1, "image-decoding threads"),
     ):
         cap.add_argument(flag, type=positive_int, default=default, help=f"{what} (default: %(default)s)")
-    cap.add_argument("--json", action="store_true", help='JSON lines: {"image", "caption", "score"}')
+    cap.add_argument("--json", action="store_true",
+                     help='JSON lines: {"image", "caption", "score"}, and {"image", "error"} for problems')
     cap.add_argument(
         "--attention-map", metavar="DIR",
         help="attention models: write DIR/<image>.attention.png, one panel per word lit where the model looked",
     )
     cap.set_defaults(func=_caption)
+
+    srv = sub.add_parser("serve", help="an HTTP captioning service with a demo page",
+                         description="Serve POST /caption, GET /health and a demo page at / (model loaded once).")
+    add_model_flags(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    srv.add_argument("--port", type=int, default=8000, help="(default: %(default)s; 0 = any free port)")
+    srv.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="largest upload (default: %(default)s)")
+    srv.add_argument("--max-pixels", type=positive_float, default=40.0,
+                     help="largest image, in megapixels (default: %(default)s)")
+    srv.add_argument("--max-batch", type=positive_int, default=8,
+                     help="concurrent requests captioned together (default: %(default)s; 1 = no batching)")
+    srv.add_argument("--batch-wait-ms", type=non_negative_float, default=2.0,
+                     help="how long a batch waits for more requests (default: %(default)s)")
+    srv.add_argument("--max-queue", type=positive_int, default=64,
+                     help="requests waiting at most; more get 503 (default: %(default)s)")
+    srv.set_defaults(func=_serve)
+
+    exp = sub.add_parser("export", help="write a self-contained TensorFlow SavedModel (JPEG bytes -> caption)")
+    add_model_flags(exp)
+    exp.add_argument("out", help="SavedModel folder to write")
+    exp.set_defaults(func=_export)
     return ap
 
 
