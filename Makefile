@@ -15,7 +15,7 @@ PRESET_merge     := presets/flickr8k.yaml
 PRESET_attention := presets/flickr8k-attention.yaml
 PRESET := $(PRESET_$(MODEL))
 
-.PHONY: install git-ready repro test flickr8k bench clean
+.PHONY: install git-ready repro test flickr8k bench compare plots plots-template clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,27 @@ flickr8k: $(STAMP) git-ready
 		$(foreach kv,$(SET),-S '$(kv)')) \
 		&& eval "$(BIN)/dvc exp run $$args evaluate"
 	$(BIN)/dvc metrics show
+
+## The experiment table people compare, in one screen (<= 160 columns for a 3-experiment grid):
+## changed params, nltk BLEU-1..4, coco METEOR and CIDEr-D where present, best epoch and its
+## validation loss; best BLEU-4 first. EXP_SHOW="-A" etc. adds dvc exp show flags.
+COMPARE_DROP := Created|State|Executor|.*/.*|human\..*|diversity\..*|blind_baseline\..*|coco\.bleu.*|coco\.rouge_l|train_.*|val_accuracy
+compare:
+	@dvc exp show --hide-workspace --only-changed --hide-queued --hide-failed \
+		--sort-by metrics/eval.json:bleu4 --sort-order desc --precision 3 \
+		--drop '$(COMPARE_DROP)' --keep 'bleu[1-4]$$|coco\.(meteor|cider)$$|best_epoch|best_val_loss' $(EXP_SHOW)
+
+## Plots that open offline: `dvc plots show` uses vendor/dvc-plots.html (.dvc/config), which
+## inlines Vega, Vega-Lite and vega-embed. `make plots-template` rebuilds it from npm (pinned).
+VEGA_PKGS := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+plots:
+	dvc plots show -o dvc_plots && echo "open dvc_plots/index.html (works offline)"
+
+plots-template: $(STAMP)
+	rm -rf build/npm && mkdir -p build/npm
+	cd build/npm && npm pack -q $(VEGA_PKGS) >/dev/null && for f in *.tgz; do \
+		mkdir -p "$${f%.tgz}" && tar xzf "$$f" -C "$${f%.tgz}" --strip-components=1; done
+	$(BIN)/python -m captioner.plots_template $(foreach p,$(VEGA_PKGS),build/npm/$(subst @,-,$(p))) -o vendor/dvc-plots.html
 
 ## Benchmarks (docs/BENCHMARKS.md): the whole suite on DATA -> metrics/bench.json, docs/scaling.png.
 bench: $(STAMP)
