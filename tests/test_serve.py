@@ -228,7 +228,6 @@ def attention_served(tmp_path_factory):
     """An attention model served by uvicorn in a thread of this process (so that the page can show a map)."""
     import uvicorn
 
-    from tests.test_cli import attention_dir as _  # noqa: F401  (the fixture's builder is reused below)
     from captioner.io import write_json
     from captioner.model import build_attention_model
     from captioner.text import build_vocabulary, save_vocabulary
@@ -296,3 +295,19 @@ def test_demo_page_in_a_real_browser(served, attention_served, release, tmp_path
         finally:
             browser.close()
     assert (shots / "demo-merge.png").stat().st_size > 0
+
+
+def test_serve_load_benchmark_quick(tmp_path: Path) -> None:
+    """benchmarks/serve_load.py --quick: the keys make bench needs, no 5xx, every bad upload a 4xx."""
+    from benchmarks import serve_load
+
+    part = serve_load.main(["--quick", "--weights", "none", "--data", str(tmp_path / "none"), "--no-unbatched",
+                            "--out", str(tmp_path / "serve_load.json"), "--seconds", "3", "--requests", "15",
+                            "--model", str(tmp_path / "no-model"), "--cache", str(tmp_path / "cache")])
+    s = part["summary"]
+    assert s["serve_5xx"] == 0 and s["serve_bad_4xx_fraction"] == 1.0
+    assert s["serve_rps"] > 0 and 0 < s["serve_p50_ms"] <= s["serve_p99_ms"]
+    run = part["runs"]["batch8"]
+    assert {k for k in run["by_kind"] if k != "good"} == set(serve_load.BAD_KINDS)
+    assert run["by_kind"]["good"] == {"200": run["captions"]}
+    assert json.loads((tmp_path / "serve_load.json").read_text())["summary"] == s
