@@ -45,7 +45,7 @@ def front_matter(f: CardFacts) -> dict[str, Any]:
     coco = f.metrics.get("coco", {})
     results = [{"type": f"bleu{n}", "name": f"BLEU-{n} (nltk corpus)", "value": f.metrics[f"bleu{n}"]}
                for n in range(1, 5) if f"bleu{n}" in f.metrics]
-    results += [{"type": k, "name": f"{k} (pycocoevalcap)", "value": v} for k, v in coco.items()]
+    results += [{"type": f"coco_{k}", "name": f"coco {k} (pycocoevalcap)", "value": v} for k, v in coco.items()]
     return {
         "license": "other" if f.dataset == "flickr8k" else "mit",
         "library_name": "keras",

@@ -36,9 +36,11 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-def read_bundle(package_dir: Path, build_file: str) -> tuple[str, str]:
-    """(name@version, the minified script) of one unpacked npm package."""
+def read_bundle(package_dir: Path, name: str, build_file: str) -> tuple[str, str]:
+    """(name@version, the minified script) of one unpacked npm package, which must be `name`."""
     meta = json.loads((package_dir / "package.json").read_text(encoding="utf-8"))
+    if meta.get("name") != name:
+        raise ValueError(f"{package_dir}: package {meta.get('name')}, expected {name}")
     script = (package_dir / build_file).read_text(encoding="utf-8")
     if "</script" in script.lower():
         raise ValueError(f"{package_dir / build_file}: contains '</script', cannot be inlined")
@@ -54,9 +56,7 @@ def build_template(package_dirs: Sequence[Path]) -> str:
         raise ValueError(f"expected {len(BUNDLES)} package folders (vega, vega-lite, vega-embed)")
     versions, scripts = [], []
     for (name, build_file), folder in zip(BUNDLES, package_dirs):
-        version, script = read_bundle(Path(folder), build_file)
-        if not version.startswith(f"{name}@"):
-            raise ValueError(f"{folder}: package {version}, expected {name}")
+        version, script = read_bundle(Path(folder), name, build_file)
         versions.append(version)
         scripts.append(f"<script>{script}</script>")
     page = PAGE.replace("{{", "\0").replace("}}", "\1")  # literal braces of the CSS
