@@ -38,6 +38,8 @@ from captioner.io import atomic_path, exit_on_sigterm, read_json, reported_error
 from captioner.params import EvaluateParams, load_params
 from captioner.text import load_vocabulary
 
+HUMAN_RUN_INFO = ("split", "rounds", "images", "references_per_round")  # counts, not scores: run info
+
 
 def main() -> None:
     exit_on_sigterm()
@@ -127,7 +129,7 @@ def evaluate(args: argparse.Namespace, p: EvaluateParams, scorer: CocoScorer) ->
     write_json(args.metrics, {
         **{k: round(v, 4) for k, v in bleu.items()},
         "coco": model_coco.rounded(),
-        "human": {k: v for k, v in human.items() if k != "split"},
+        "human": {k: v for k, v in human.items() if k not in HUMAN_RUN_INFO},
         "diversity": div,
         "blind_baseline": {**{k: round(v, 4) for k, v in blind_bleu.items()}, "coco": coco["blind"].rounded()},
     })
@@ -137,6 +139,7 @@ def evaluate(args: argparse.Namespace, p: EvaluateParams, scorer: CocoScorer) ->
                      "block_repeat_ngram": p.block_repeat_ngram, "max_length": p.max_length},
         "decode_seconds": round(seconds, 2), "coco_seconds": round(coco_seconds, 2),
         "blind_caption": " ".join(blind),
+        "human": {k: v for k, v in human.items() if k in HUMAN_RUN_INFO},
     })
     c = model_coco.corpus
     print(f"evaluate ({p.split}, {len(image_ids)} images, beam {p.beam_width}): "
