@@ -13,6 +13,7 @@ tokenisation, BLEU, METEOR, ROUGE-L, CIDEr-D. With --human, also times the human
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"human ceiling ({human['rounds']} rounds, METEOR JVM already up): {out['human_seconds']:.1f} s; "
                   f"nltk BLEU-4 {human['bleu4']:.3f}  "
                   + "  ".join(f"{k} {v:.3f}" for k, v in human["coco"].items()))
+    t = os.times()  # the JVMs are children, counted once they have exited (scorer closed)
+    out["cpu_seconds"] = round(t.user + t.system + t.children_user + t.children_system, 1)
+    print(f"CPU time, whole run: {out['cpu_seconds']:.1f} s (Python {t.user + t.system:.1f} s, "
+          f"JVMs {t.children_user + t.children_system:.1f} s); load average now {os.getloadavg()[0]:.1f}")
     return out
 
 
