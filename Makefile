@@ -52,13 +52,13 @@ flickr8k: $(STAMP) git-ready
 	$(BIN)/dvc metrics show
 
 ## The experiment table people compare, in one screen (<= 160 columns for a 3-experiment grid):
-## changed params, nltk BLEU-1..4, coco METEOR and CIDEr-D where present, best epoch and its
+## changed params, nltk BLEU-1..4, coco METEOR and CIDEr-D where present and the best
 ## validation loss; best BLEU-4 first. EXP_SHOW="-A" etc. adds dvc exp show flags.
-COMPARE_DROP := Created|State|Executor|.*/.*|human\..*|diversity\..*|blind_baseline\..*|coco\.bleu.*|coco\.rouge_l|train_.*|val_accuracy
+COMPARE_DROP := Created|State|Executor|best_epoch|.*/.*|human\..*|diversity\..*|blind_baseline\..*|coco\.bleu.*|coco\.rouge_l|train_.*|val_accuracy
 compare:
 	@dvc exp show --hide-workspace --only-changed --hide-queued --hide-failed \
 		--sort-by metrics/eval.json:bleu4 --sort-order desc --precision 3 \
-		--drop '$(COMPARE_DROP)' --keep 'bleu[1-4]$$|coco\.(meteor|cider)$$|best_epoch|best_val_loss' $(EXP_SHOW)
+		--drop '$(COMPARE_DROP)' --keep 'bleu[1-4]$$|coco\.(meteor|cider)$$|best_val_loss' $(EXP_SHOW)
 
 ## Plots that open offline: `dvc plots show` uses vendor/dvc-plots.html (.dvc/config), which
 ## inlines Vega, Vega-Lite and vega-embed. `make plots-template` rebuilds it from npm (pinned).
