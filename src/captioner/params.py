@@ -196,20 +196,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def preset_overrides(path: str | Path, base: str | Path = "params.yaml") -> list[str]:
-    """`key=value` overrides of a preset file, checked against the schema on top of `base`."""
-    preset = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    merged = yaml.safe_load(Path(base).read_text(encoding="utf-8")) or {}
-    for section, values in preset.items():
-        merged.setdefault(section, {}).update(values)
-    try:
-        Params.model_validate(merged)
-    except ValidationError as e:
-        raise ParamsError(f"{path}: invalid preset\n{e}") from None
-    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for k, v in flatten(preset).items()]
-
-
 def update_params_file(path: str | Path, updates: dict[str, dict[str, object]]) -> None:
     """Merge `{section: {key: value}}` into a params.yaml file (for scripts and tests)."""
     p = Path(path)
@@ -220,21 +206,16 @@ def update_params_file(path: str | Path, updates: dict[str, dict[str, object]]) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m captioner.params [--preset FILE]`: validate params.yaml, or print a preset's
-    overrides as `-S key=value` arguments for `dvc exp run`."""
+    """`python -m captioner.params [--params FILE]`: validate params.yaml (presets: `python -m
+    captioner.presets`)."""
     import argparse
-    import shlex
 
     ap = argparse.ArgumentParser(prog="python -m captioner.params", description=main.__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--preset", help="print this preset's overrides as dvc exp run -S arguments")
     args = ap.parse_args(argv)
     try:
-        if args.preset:
-            print(" ".join(f"-S {shlex.quote(o)}" for o in preset_overrides(args.preset, args.params)))
-        else:
-            load_params(args.params)
-            print(f"{args.params}: valid")
+        load_params(args.params)
+        print(f"{args.params}: valid")
     except ParamsError as e:
         raise SystemExit(str(e)) from None
 
