@@ -242,7 +242,11 @@ def create_app(cap: Captioner, config: DecodingConfig | None = None, settings: S
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher()
+        # Trace the CNN and decoder before accepting requests: the first one is not the slow one.
+        await asyncio.wrap_future(batcher().submit(np.zeros((cap.backbone.input_size,) * 2 + (3,), np.uint8),
+                                                   cap.attends))
+        b = state["b"]
+        b.batches = b.images = 0
         yield
         state.pop("b").close()
 
@@ -299,18 +303,11 @@ def create_app(cap: Captioner, config: DecodingConfig | None = None, settings: S
     return app
 
 
-def warm_up(cap: Captioner, config: DecodingConfig) -> None:
-    """Trace the CNN and decoder once so that the first request is not the slow one."""
-    size = cap.backbone.input_size
-    cap.caption_features(cap.features_of(np.zeros((1, size, size, 3), np.uint8)), config, 1, attention=cap.attends)
-
-
 def run(model: str | os.PathLike[str], config: DecodingConfig, settings: ServeSettings, host: str, port: int) -> int:
     """Load `model` once and serve it with uvicorn until interrupted."""
     import uvicorn
 
     cap = load_captioner(model)
-    warm_up(cap, config)
     print(f"captioner serve: {model} ({len(cap.models)} model(s), {cap.backbone.name}), decoding "
           f"{config.as_dict()} on http://{host}:{port}/", file=sys.stderr, flush=True)
     uvicorn.run(create_app(cap, config, settings), host=host, port=port, log_level="warning",
