@@ -71,11 +71,13 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     run(["git", "commit", "-qm", "tiny"], project)
 
     out = run(["dvc", "repro"], project)
-    assert ran_stages(out) == {"generate_scenes", "clean_text", "extract_features",
-                               "build_sequences", "train", "evaluate"}
+    assert ran_stages(out) == {"generate_scenes", "clean_text", "extract_features", "build_sequences",
+                               "train", "human_ceiling", "evaluate", "package"}
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert {"bleu1", "bleu2", "bleu3", "bleu4"} <= metrics.keys()
-    assert metrics["split"] == "test" and metrics["images"] == 12
+    assert {"cider", "meteor", "rouge_l", "bleu4"} <= metrics["coco"].keys()
+    run_info = json.loads((project / "metrics/eval_run.json").read_text())
+    assert run_info["split"] == "dev" and run_info["images"] == 12
     assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
     assert (project / "data/model/model.keras").exists()
     assert (project / "metrics/train/metrics.json").exists()
@@ -89,14 +91,14 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     status = run(["dvc", "status"], project)
     assert "train:" in status and "extract_features:" not in status and "clean_text:" not in status
     out = run(["dvc", "repro"], project)
-    assert ran_stages(out) == {"train", "evaluate"}
+    assert ran_stages(out) == {"train", "evaluate", "package"}
     assert "Stage 'extract_features' didn't change, skipping" in out
     meta = json.loads((project / "data/model/meta.json").read_text())
     assert meta["members"] == ["model.keras", "model_1.keras"]  # evaluate decoded with both
 
     # An evaluate param: only evaluate.
     set_params(project, {"evaluate": {"beam_width": 1}})
-    assert ran_stages(run(["dvc", "repro"], project)) == {"evaluate"}
+    assert ran_stages(run(["dvc", "repro"], project)) == {"evaluate", "package"}
 
     # A text param: the CNN features are reused.
     set_params(project, {"text": {"min_count": 2}})
@@ -110,7 +112,7 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     set_params(project, {"features": {"spatial": "grid", "dtype": "float16"},
                          "model": {"kind": "attention", "attention_dim": 8},
                          "train": {"ensemble": 2, "merge_members": 1}})  # one of each kind
-    assert ran_stages(run(["dvc", "repro"], project)) == {"extract_features", "train", "evaluate"}
+    assert ran_stages(run(["dvc", "repro"], project)) == {"extract_features", "train", "evaluate", "package"}
     meta = json.loads((project / "data/model/meta.json").read_text())
     assert meta["kind"] == "attention" and meta["spatial"] == "grid" and meta["feature_dim"] == 49 * 1280
     assert meta["member_kinds"] == ["attention", "merge"]
@@ -118,7 +120,7 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
     # ... a decoder-only change reuses them ...
     set_params(project, {"model": {"attention_reg": 0.5}})
-    assert ran_stages(run(["dvc", "repro"], project)) == {"train", "evaluate"}
+    assert ran_stages(run(["dvc", "repro"], project)) == {"train", "evaluate", "package"}
     # ... and going back to the merge model restores the pooled features from DVC's run cache,
     # byte for byte, without running the CNN. (Trained in mixed precision, saved in float32.)
     set_params(project, {"features": {"spatial": "pooled", "dtype": "float32"}, "model": {"kind": "merge"},
@@ -172,5 +174,6 @@ def test_pipeline_on_a_real_flickr8k_slice(tmp_path: Path) -> None:
     report = json.loads((project / "data/text/report.json").read_text())
     assert report["images"] == {"dev": 14, "train": 36}
     metrics = json.loads((project / "metrics/eval.json").read_text())
-    assert metrics["split"] == "dev" and metrics["images"] == 14 and metrics["beam_width"] == 3
+    run_info = json.loads((project / "metrics/eval_run.json").read_text())
+    assert run_info["split"] == "dev" and run_info["images"] == 14 and run_info["decoding"]["beam_width"] == 3
     assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
