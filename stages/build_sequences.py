@@ -1,7 +1,15 @@
 """Stage: integer-encode cleaned captions into padded arrays per split."""
 
 import argparse
+import sys
 from pathlib import Path
+
+try:  # first: a Python without the project's packages stops here, in one line; TensorFlow quiet
+    from captioner.console import setup_stage_output
+except ModuleNotFoundError as e:
+    sys.exit(f"{sys.argv[0]}: {sys.executable} has no '{e.name}': activate the project's venv "
+             "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")
+setup_stage_output()
 
 import pandas as pd
 

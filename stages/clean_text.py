@@ -5,7 +5,15 @@ markers) and raw_caption (the data set's text as read, which the coco-caption me
 
 import argparse
 import os
+import sys
 from pathlib import Path
+
+try:  # first: a Python without the project's packages stops here, in one line; TensorFlow quiet
+    from captioner.console import setup_stage_output
+except ModuleNotFoundError as e:
+    sys.exit(f"{sys.argv[0]}: {sys.executable} has no '{e.name}': activate the project's venv "
+             "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")
+setup_stage_output()
 
 from captioner.datasets import load_dataset
 from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json

@@ -1,6 +1,14 @@
 """Stage: write the embedded default data set (generated scenes) in the Flickr8k layout."""
 
 import argparse
+import sys
+
+try:  # first: a Python without the project's packages stops here, in one line; TensorFlow quiet
+    from captioner.console import setup_stage_output
+except ModuleNotFoundError as e:
+    sys.exit(f"{sys.argv[0]}: {sys.executable} has no '{e.name}': activate the project's venv "
+             "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")
+setup_stage_output()
 
 from captioner.datasets.scenes import generate_scenes
 from captioner.io import exit_on_sigterm, reported_errors

@@ -375,3 +375,24 @@ def test_cli_prints_the_captions_the_evaluation_produced(tiny, tmp_path: Path, c
     assert main(["caption", *map(str, some), "--model", str(model)]) == 0
     got = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
     assert got == evaluate_like_the_pipeline(model, some, DecodingConfig())
+
+
+def test_a_scenes_model_warns_once_on_other_images(model_dir: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    """A model trained on the generated scenes (meta.json "dataset": "scenes") says once that its
+    captions of real photos mean little; on scene images it says nothing."""
+    scenes_model = tmp_path / "scenes-model"
+    shutil.copytree(model_dir, scenes_model)
+    meta = json.loads((scenes_model / "meta.json").read_text())
+    write_json(scenes_model / "meta.json", {**meta, "dataset": "scenes"})
+    args = ["--model", str(scenes_model), "--beam", "1", "--max-length", "3"]
+    assert main(["caption", str(photos / "trip"), *args]) == 0
+    err = capsys.readouterr().err
+    assert err.count("trained on the generated scenes") == 1, err
+    scenes = tmp_path / "scenes"
+    (scenes / "Flicker8k_Dataset").mkdir(parents=True)
+    (scenes / "README.md").write_text("# Generated scenes data set\n\n...")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(scenes / "Flicker8k_Dataset" / "s1.jpg", "JPEG")
+    assert main(["caption", str(scenes / "Flicker8k_Dataset"), *args]) == 0
+    assert "generated scenes" not in capsys.readouterr().err
+    assert main(["caption", str(photos / "trip"), "--model", str(model_dir), "--beam", "1", "--max-length", "3"]) == 0
+    assert "generated scenes" not in capsys.readouterr().err  # no dataset in meta.json: no warning

@@ -174,6 +174,13 @@ def _caption(args: argparse.Namespace) -> int:
     for path, reason in extraction.errors:
         report(reason, path)
     ok = [p for p, good in zip(paths, extraction.ok_mask) if good]
+    if cap.dataset == "scenes":
+        from captioner.datasets.scenes import is_scene_image
+
+        if not all(is_scene_image(p) for p in ok):
+            print(f"captioner: warning: {model} was trained on the generated scenes (coloured shapes, a "
+                  "toy data set): its captions of other images mean little; train on Flickr8k "
+                  "(`make flickr8k`) for real photos", file=sys.stderr)
     failed = bool(extraction.errors or unmatched)
     if ok:
         feats = np.asarray(extraction.features[extraction.ok_mask], np.float32)

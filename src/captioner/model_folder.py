@@ -132,6 +132,7 @@ class Captioner:
     backbone: Backbone
     decoding: DecodingConfig = DecodingConfig()
     folder: str = ""
+    dataset: str | None = None  # "scenes" (a toy) or "flickr8k", from a release's meta.json
 
     @functools.cached_property
     def decoder(self) -> StepDecoder:
@@ -198,4 +199,4 @@ def load_captioner(model_dir: str | os.PathLike[str]) -> Captioner:
             f"{folder / 'meta.json'}: the model expects {feature_dim}-d features but backbone "
             f"{backbone_name} gives {backbone.feature_dim}-d"
         )
-    return Captioner(models, vocab, backbone, decoding, str(folder))
+    return Captioner(models, vocab, backbone, decoding, str(folder), meta.get("dataset"))
