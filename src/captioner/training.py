@@ -1,4 +1,4 @@
-"""The fit loop: length-bucketed teacher forcing over whole captions, masked loss, dvclive.
+"""The fit loop: length-bucketed teacher forcing over whole captions, masked loss, best-epoch restore.
 
 Teacher forcing over a whole caption is equivalent, for a causal LSTM, to the seed's one
 sample per (prefix -> next word) pair, but the image feature is gathered per batch instead of
