@@ -41,14 +41,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 ## Real Flickr8k: the MODEL (merge | attention) preset as a tracked experiment on DATA, scored
-## on SPLIT (target `evaluate`: the generated scenes are not needed). The preset is applied on top
-## of the committed params.yaml with every key set, so leftovers of earlier `-S` runs never leak in.
+## on SPLIT and packaged in data/release (target `package`: the generated scenes are not needed).
+## The preset is applied on top of the committed params.yaml with every key set, so leftovers
+## of earlier `-S` runs never leak in.
 ## SET="train.precision=float32 train.ensemble=3" adds overrides on top of the preset.
 flickr8k: $(STAMP) git-ready
 	@test -n "$(PRESET)" || { echo "make: MODEL must be merge or attention, not '$(MODEL)'"; exit 2; }
 	@args=$$($(BIN)/python -m captioner.presets $(PRESET) -S data.root=$(DATA) -S evaluate.split=$(SPLIT) \
 		$(foreach kv,$(SET),-S '$(kv)')) \
-		&& eval "$(BIN)/dvc exp run $$args evaluate"
+		&& eval "$(BIN)/dvc exp run $$args package"
 	$(BIN)/dvc metrics show
 
 ## The experiment table people compare, in one screen (<= 160 columns for a 3-experiment grid):

@@ -104,7 +104,10 @@ def test_make_flickr8k_runs_the_asked_preset_in_either_order(tmp_path: Path) -> 
     def flickr8k(model: str) -> tuple[dict, str]:
         out = run(["make", "-o", ".venv/.installed", "flickr8k", f"BIN={bin_dir}", f"MODEL={model}",
                    "DATA=data/raw/scenes", "SPLIT=test", f"SET={' '.join(TINY_SET)}"], project)
-        return json.loads((project / "data/model/meta.json").read_text()), out
+        meta = json.loads((project / "data/model/meta.json").read_text())
+        released = json.loads((project / "data/release/meta.json").read_text())  # what the CLI uses
+        assert released["member_kinds"] == meta["member_kinds"] and released["spatial"] == meta["spatial"]
+        return meta, out
 
     meta, out = flickr8k("attention")
     assert meta["member_kinds"] == ["attention", "attention", "merge", "merge"] and meta["spatial"] == "grid"
