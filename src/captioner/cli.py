@@ -241,32 +241,21 @@ def save_attention_map(out: Path, image: Path, size: int, words: Sequence[str], 
         sheet.save(tmp, format="PNG")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number(name: str, kind: type, low: float, inclusive: bool):
+    """An argparse type `name`: `kind(text)`, at least `low` (or above it when not `inclusive`)."""
+    def parse(text: str):
+        value = kind(text)
+        if not (value >= low if inclusive else value > low):  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {low:g}, got {text}")
+        return value
+    parse.__name__ = name  # argparse names it in "invalid <name> value"
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0.0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
+positive_int = _number("positive_int", int, 1, inclusive=True)
+non_negative_int = _number("non_negative_int", int, 0, inclusive=True)
+non_negative_float = _number("non_negative_float", float, 0.0, inclusive=True)
+positive_float = _number("positive_float", float, 0.0, inclusive=False)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
