@@ -1,9 +1,10 @@
 """`captioner export`: a SavedModel loaded in a fresh process that cannot import captioner gives
-the CLI's (greedy) captions from image bytes."""
+the CLI's captions from image bytes, decoded as the model folder's decoding.json says."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,17 +37,20 @@ print(json.dumps({"captions": [c.decode() for c in out["caption"].numpy()],
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, dict[Path, str], Path]:
-    model, photos = trained_tiny_model(tmp_path_factory.getbasetemp())
+    tiny, photos = trained_tiny_model(tmp_path_factory.getbasetemp())
+    model = tmp_path_factory.mktemp("beam-model") / "model"
+    shutil.copytree(tiny, model)
+    recorded = {"beam_width": 3, "length_penalty": 1.1, "block_repeat_ngram": 2, "max_length": 6}
+    (model / "decoding.json").write_text(json.dumps(recorded))
     out = tmp_path_factory.mktemp("export") / "saved"
-    assert main(["export", "--model", str(model), "--max-length", "6", str(out)]) == 0
+    assert main(["export", "--model", str(model), str(out)]) == 0
     return model, photos, out
 
 
 def test_export_in_a_fresh_process_gives_the_cli_captions(exported, capsys) -> None:
     model, photos, out = exported
     images = [p for i, p in enumerate(sorted(photos)) if i % 3 == 1][:6]  # JPEG and PNG
-    assert main(["caption", *map(str, images), "--model", str(model), "--json", "--beam", "1",
-                 "--max-length", "6"]) == 0
+    assert main(["caption", *map(str, images), "--model", str(model), "--json"]) == 0  # decoding.json's
     cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     proc = subprocess.run([sys.executable, "-I", "-c", LOADER, str(out), *map(str, images)],
                           capture_output=True, text=True, timeout=300)
@@ -56,10 +60,62 @@ def test_export_in_a_fresh_process_gives_the_cli_captions(exported, capsys) -> N
     assert got["captions"] == [r["caption"] for r in cli]
     assert got["captions"] == [photos[p] for p in images]  # the model's captions, whole (6 words allowed)
     assert got["scores"] == pytest.approx([r["score"] for r in cli], abs=0.1)  # pixels differ in the last bits
-    assert json.loads((out / "decoding.json").read_text()) == {
-        "beam_width": 1, "length_penalty": 0.0, "block_repeat_ngram": 0, "max_length": 6}
+    assert json.loads((out / "decoding.json").read_text()) == json.loads((model / "decoding.json").read_text())
 
 
 def test_export_of_a_missing_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["export", "--model", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
     assert "no trained model at" in capsys.readouterr().err
+
+
+def _toy_graph(models: list, vocab, config):
+    """A CaptionGraph over `models` without a CNN: its `decode` takes features."""
+    from types import SimpleNamespace
+
+    from captioner.export import CaptionGraph
+    from captioner.model_folder import Captioner
+
+    backbone = SimpleNamespace(model=None, name="efficientnet_lite0", input_size=224)
+    return CaptionGraph(Captioner(models, vocab, backbone, config), config)
+
+
+@pytest.mark.parametrize("kinds", [("merge",), ("attention", "merge")])
+def test_the_graph_decodes_exactly_as_beam_search(kinds) -> None:
+    """The exported while_loop against `captioner.decoding.beam_search` on the same features and
+    (untrained, so repetitive) models: same words and scores for greedy, beam, length penalty and
+    n-gram blocking, including captions cut at max_length."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from captioner.decoding import StepDecoder, beam_search
+    from captioner.model import build_attention_model, build_merge_model
+    from captioner.model_folder import DecodingConfig
+    from captioner.text import build_vocabulary
+
+    vocab = build_vocabulary([f"startseq {' '.join('abcdefghijkl')} endseq"], 1)
+    regions, channels = 4, 6
+    keras.utils.set_random_seed(3)
+    models = []
+    for kind in kinds:
+        if kind == "attention":
+            m = build_attention_model(len(vocab), regions, channels, 8, 16, 8, 0.0, 0.0)
+        else:
+            m = build_merge_model(len(vocab), channels * (regions if len(kinds) == 1 else 1), 8, 16, 0.0)
+        logits = m.get_layer("logits")
+        logits.kernel.assign(logits.kernel * 6.0)  # peaky: greedy repeats itself
+        models.append(m)
+    feats = np.random.default_rng(0).normal(size=(5, regions * channels)).astype(np.float32)
+    decoder = StepDecoder(models)
+    results = {}
+    for config in [DecodingConfig(1, 0.0, 0, 7), DecodingConfig(3, 0.0, 0, 7), DecodingConfig(3, 1.1, 2, 7),
+                   DecodingConfig(4, 0.6, 3, 9), DecodingConfig(2, 0.0, 1, 5)]:
+        want = beam_search(decoder, feats, vocab, config.beam_width, config.max_length, config.length_penalty,
+                           config.block_repeat_ngram)
+        got = _toy_graph(models, vocab, config).decode(tf.constant(feats))
+        texts = [c.decode() for c in got["caption"].numpy()]
+        assert texts == [" ".join(c.words) for c in want], config
+        assert got["score"].numpy() == pytest.approx([c.logprob for c in want], abs=1e-4), config
+        results[config] = texts
+    assert len({tuple(t) for t in results.values()}) >= 3  # the settings do change the captions
+    assert any(len(t.split()) == 7 for t in results[DecodingConfig(1, 0.0, 0, 7)])  # some are cut

@@ -2,17 +2,17 @@
 
 The graph holds everything: image decoding (JPEG, PNG, GIF, BMP via `tf.io.decode_image`),
 the squash to the CNN's input size (bicubic), the CNN backbone, the decoder (one model or an
-averaged ensemble, merge or attention) and a greedy decoding loop (`tf.while_loop`) up to the
-model folder's `max_length` words. Loading it needs TensorFlow only, not this package:
+averaged ensemble, merge or attention) and the model folder's decoding (`decoding.json`):
+beam search of its width with its GNMT length penalty and n-gram blocking, up to its
+`max_length` words, in one `tf.while_loop` that follows `captioner.decoding.beam_search`
+step for step. Loading it needs TensorFlow only, not this package:
 
     m = tf.saved_model.load("exported/")
     out = m.caption(tf.constant([open("photo.jpg", "rb").read()]))
     out["caption"]  # tf.string (N,): space-joined words;  out["score"]: float32 (N,) log-probability
 
-The loop is greedy: a folder whose decoding.json asks for beam search, a length penalty or
-n-gram blocking is exported greedy (with the same max_length), and the export says so
-(`decoding.json` inside the export records what it does). Pixels differ from the CLI's PIL
-decoding in the last bits (TF's JPEG decoder and resize), so a caption on the edge between
+`decoding.json` inside the export records the decoding it does. Pixels differ from the CLI's
+PIL decoding in the last bits (TF's JPEG decoder and resize), so a caption on the edge between
 two words may differ.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import tensorflow as tf
@@ -46,14 +45,17 @@ def _preprocess(name: str):
 class CaptionGraph(tf.Module):
     """The exported module: `caption(images)` with images a (N,) tf.string of encoded files."""
 
-    def __init__(self, cap: Captioner, max_length: int) -> None:
+    def __init__(self, cap: Captioner, config: DecodingConfig) -> None:
         super().__init__(name="captioner")
         self.cnn = cap.backbone.model
         self.members = list(cap.models)  # tracked: their variables are saved
         self._decoder = cap.decoder
         self._pre = _preprocess(cap.backbone.name)
         self.size = cap.backbone.input_size
-        self.max_length = max_length
+        self.max_length = int(config.max_length)
+        self.beam = int(config.beam_width)
+        self.length_penalty = float(config.length_penalty)
+        self.block = int(config.block_repeat_ngram)
         idx = cap.vocab.index
         self.end = idx[END]
         self.start = idx[START]
@@ -68,40 +70,86 @@ class CaptionGraph(tf.Module):
         image = tf.image.resize(tf.cast(image, tf.float32), [self.size, self.size], method="bicubic")
         return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
+    def _bans(self, seqs: tf.Tensor, t: tf.Tensor, vsize: int) -> tf.Tensor:
+        """(R, V) True where the next token would repeat an n-gram already in that row of
+        `seqs` (R, max_length; its first `t` tokens are real): `repeated_ngram_bans` in ops."""
+        n, length = self.block, self.max_length
+        if n < 1 or length < n:
+            return tf.zeros([tf.shape(seqs)[0], vsize], tf.bool)
+        width = length - n + 1  # n-gram start positions i = 0 .. width - 1
+        nxt = seqs[:, n - 1 : n - 1 + width]  # the n-gram's last token, for each start position
+        valid = tf.range(width) < t - n + 1  # the whole n-gram lies in the first t tokens
+        match = tf.broadcast_to(valid[None, :], tf.shape(nxt))
+        if n > 1:  # ... and its first n-1 tokens are the last n-1 of the row
+            heads = tf.stack([seqs[:, j : j + width] for j in range(n - 1)], axis=2)  # (R, width, n-1)
+            prefix = tf.gather(seqs, tf.maximum(t - n + 1 + tf.range(n - 1), 0), axis=1)  # (R, n-1)
+            match = tf.logical_and(match, tf.reduce_all(tf.equal(heads, prefix[:, None, :]), axis=2))
+        hits = tf.one_hot(nxt, vsize, on_value=True, off_value=False, dtype=tf.bool)
+        return tf.reduce_any(tf.logical_and(hits, match[:, :, None]), axis=1)
+
+    def _logp(self, image, words, h, c, seqs, t, n, k):
+        """The next word's log-probabilities (n, k, V) with the special tokens and the
+        n-gram repeats banned, and the new LSTM state."""
+        logp, h, c, _ = self._decoder._step_impl(image, words, h, c)
+        vsize = self.ban.shape[0]
+        logp = logp + self.ban
+        if self.block > 0:
+            bans = self._bans(tf.reshape(seqs, [n * k, self.max_length]), t, vsize)
+            logp = tf.where(bans, -float("inf"), logp)
+        return tf.reshape(logp, [n, k, vsize]), h, c
+
     def _caption(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.map_fn(self._read, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.uint8))
-        feats = self.cnn(self._pre(pixels), training=False)
+        return self.decode(self.cnn(self._pre(pixels), training=False))
+
+    def decode(self, feats: tf.Tensor) -> dict[str, tf.Tensor]:
+        """CNN features (N, ...) -> {"caption": (N,) tf.string, "score": (N,) float32}."""
         image, h, c = self._decoder._start_impl(feats)
-        n = tf.shape(images)[0]
-        words = tf.fill([n], tf.constant(self.start, tf.int32))
-        score = tf.zeros([n], tf.float32)
-        done = tf.zeros([n], tf.bool)
-        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
+        n, k, length = tf.shape(feats)[0], self.beam, self.max_length
+        vsize = self.ban.shape[0]
+        image = tf.repeat(image, k, axis=0)  # (n*k, width): rows are (image, beam)
+        h, c = tf.repeat(h, k, axis=0), tf.repeat(c, k, axis=0)
         end = tf.constant(self.end, tf.int32)
+        words = tf.fill([n * k], tf.constant(self.start, tf.int32))
+        first = tf.concat([tf.zeros([1]), tf.fill([k - 1], -float("inf"))], axis=0)
+        scores = tf.tile(first[None, :], [n, 1])  # all beams start identical: expand only the first
+        seqs = tf.zeros([n, k, length], tf.int32)
+        done = tf.zeros([n, k], tf.bool)
+        lengths = tf.zeros([n, k], tf.int32)
+        pad_only = tf.one_hot(0, vsize, on_value=0.0, off_value=-float("inf"))  # a finished beam's row
 
-        def body(t, words, h, c, score, done, out):
-            logp, h, c, _ = self._decoder._step_impl(image, words, h, c)
-            logp = logp + self.ban
-            token = tf.cast(tf.argmax(logp, axis=1), tf.int32)
-            token_logp = tf.gather(logp, token, axis=1, batch_dims=1)
-            last = tf.equal(t, self.max_length)
-            # at max_length words a caption ends only if endseq is its most likely word, else it is cut
-            take = tf.logical_and(~done, tf.logical_or(~last, tf.equal(token, end)))
-            score = score + tf.where(take, token_logp, 0.0)
-            token = tf.where(done, 0, token)
-            out = tf.cond(last, lambda: out, lambda: out.write(tf.minimum(t, self.max_length - 1), token))
-            done = tf.logical_or(done, tf.equal(token, end))
-            return t + 1, token, h, c, score, done, out
+        def body(t, words, h, c, scores, seqs, done, lengths):
+            logp, h, c = self._logp(image, words, h, c, seqs, t, n, k)
+            logp = tf.where(done[:, :, None], pad_only, logp)  # a finished beam extends with padding, free
+            cand = tf.reshape(scores[:, :, None] + logp, [n, k * vsize])
+            scores, top = tf.math.top_k(cand, k=k, sorted=True)
+            beam, token = top // vsize, top % vsize
+            rows = tf.reshape(tf.range(n)[:, None] * k + beam, [-1])
+            h, c = tf.gather(h, rows), tf.gather(c, rows)
+            seqs = tf.gather(seqs, beam, axis=1, batch_dims=1)
+            seqs = tf.tensor_scatter_nd_update(  # seqs[:, :, t] = token
+                tf.transpose(seqs, [2, 0, 1]), [[t]], token[None])
+            seqs = tf.transpose(seqs, [1, 2, 0])
+            was_done = tf.gather(done, beam, axis=1, batch_dims=1)
+            lengths = tf.gather(lengths, beam, axis=1, batch_dims=1) + tf.cast(~was_done, tf.int32)
+            done = tf.logical_or(was_done, tf.equal(token, end))
+            return t + 1, tf.reshape(token, [-1]), h, c, scores, seqs, done, lengths
 
-        def more(t, words, h, c, score, done, out):
-            return tf.logical_and(t <= self.max_length, ~tf.reduce_all(done))
+        def more(t, words, h, c, scores, seqs, done, lengths):
+            return tf.logical_and(t < length, ~tf.reduce_all(done))
 
-        _, _, _, _, score, _, out = tf.while_loop(
-            more, body, [tf.constant(0), words, h, c, score, done, out],
-            shape_invariants=[tf.TensorShape([]), tf.TensorShape([None]), h.shape, c.shape, tf.TensorShape([None]),
-                              tf.TensorShape([None]), tf.TensorShape(None)],
-        )
-        ids = tf.transpose(out.stack())  # (N, T)
+        t, words, h, c, scores, seqs, done, lengths = tf.while_loop(
+            more, body, [tf.constant(0), words, h, c, scores, seqs, done, lengths])
+        # A beam still open after max_length words ends there if endseq is its most likely next
+        # word, else it is cut there, scored on its words only (as beam_search).
+        logp, _, _ = self._logp(image, words, h, c, seqs, t, n, k)
+        ends = tf.logical_and(~done, tf.equal(tf.argmax(logp, axis=2, output_type=tf.int32), end))
+        scores = scores + tf.where(ends, logp[:, :, self.end], 0.0)
+        lengths = lengths + tf.cast(ends, tf.int32)
+        norm = ((5.0 + tf.cast(lengths, tf.float32)) / 6.0) ** self.length_penalty
+        best = tf.argmax(scores / norm, axis=1, output_type=tf.int32)
+        ids = tf.gather(seqs, best, axis=1, batch_dims=1)  # (n, max_length)
+        score = tf.gather(scores, best, axis=1, batch_dims=1)
         keep = tf.logical_and(ids > 0, tf.not_equal(ids, end))
         texts = tf.strings.reduce_join(tf.ragged.boolean_mask(tf.gather(self.tokens, ids), keep), axis=1, separator=" ")
         return {"caption": texts, "score": score}
@@ -120,15 +168,12 @@ def _valid_variable_names(models: list) -> None:
 
 
 def export_savedmodel(cap: Captioner, out: str | os.PathLike[str], config: DecodingConfig | None = None) -> Path:
-    """Write `cap` as a SavedModel at `out` (greedy, `config.max_length` words); returns `out`."""
+    """Write `cap` as a SavedModel at `out` decoding as `config` (default: the model folder's
+    decoding.json); returns `out`."""
     config = config or cap.decoding
-    exported = DecodingConfig(1, 0.0, 0, config.max_length)
-    if config != exported:
-        print(f"captioner export: the graph decodes greedily without n-gram blocking (asked: {config.as_dict()}); "
-              f"exporting {exported.as_dict()}", file=sys.stderr)
-    module = CaptionGraph(cap, config.max_length)
+    module = CaptionGraph(cap, config)
     _valid_variable_names([cap.backbone.model, *cap.models])
     out = Path(out)
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.caption})
-    (out / "decoding.json").write_text(json.dumps(exported.as_dict(), indent=1) + "\n")
+    (out / "decoding.json").write_text(json.dumps(config.as_dict(), indent=1) + "\n")
     return out
