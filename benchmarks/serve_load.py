@@ -168,7 +168,7 @@ async def _load(url: str, good: list[bytes], bad: dict[str, bytes], clients: int
 
 
 def run_load(model: Path, data_images: list[bytes], clients: int, seconds: float, max_requests: int,
-             max_batch: int, max_upload_mb: float = 10.0) -> dict:
+             max_batch: int, max_upload_mb: float = 10.0, beam: int | None = None) -> dict:
     """Start `captioner serve`, load it, stop it; the figures of one run."""
     import httpx
     import numpy as np
@@ -177,6 +177,7 @@ def run_load(model: Path, data_images: list[bytes], clients: int, seconds: float
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "captioner.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--max-batch", str(max_batch), "--max-upload-mb", str(max_upload_mb)]
+    cmd += ["--beam", str(beam)] if beam else []
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(cmd, cwd=common.REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
@@ -238,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--requests", type=int, default=2000, help="per run at most (quick: 30)")
     ap.add_argument("--max-batch", type=int, default=8, help="the batched run's (the service default)")
     ap.add_argument("--images", type=int, default=40, help="distinct good photos (quick: 4)")
+    ap.add_argument("--beam", type=int, default=3,
+                    help="beam width the server decodes with (the target's: 3; 0 = the model's decoding.json)")
     ap.add_argument("--unbatched", action=argparse.BooleanOptionalAction, default=True,
                     help="also run with --max-batch 1 (does batching pay?)")
     args = ap.parse_args(argv)
@@ -260,10 +263,12 @@ def main(argv: list[str] | None = None) -> dict:
                 f"shape (vocab {PRESET_VOCAB}), beam 3, 12 words")
     with tempfile.TemporaryDirectory() as tmp:
         images = good_images(args.data, args.images, Path(tmp))
+    what += f", served at beam {args.beam}" if args.beam else ", served with its decoding.json"
     print(f"serve_load: {what}; {args.clients} clients, {args.seconds:g} s or {args.requests} requests per run")
     runs = {}
     for batch in dict.fromkeys((args.max_batch, 1) if args.unbatched else (args.max_batch,)):
-        runs[f"batch{batch}"] = run_load(Path(model), images, args.clients, args.seconds, args.requests, batch)
+        runs[f"batch{batch}"] = run_load(Path(model), images, args.clients, args.seconds, args.requests, batch,
+                                         beam=args.beam)
         r = runs[f"batch{batch}"]
         print(f"  max_batch {batch}: {r['rps']} captions/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
               f"5xx {r['status_5xx']}, mean batch {r['mean_batch']}, RSS peak {r['memory']['rss_peak_mb']} MB")
