@@ -8,6 +8,10 @@ the evaluate params; record the chosen setting with `dvc exp run -S evaluate...`
 
     python benchmarks/decode_sweep.py --project . --beams 1 3 5 --penalties 0 1 2 --blocks 0 2
 
+With --coco, every row also gets the coco-caption suite (pycocoevalcap's BLEU-4, METEOR, ROUGE-L
+and CIDEr-D on the raw references, as `evaluate` computes them; all rows tokenised in one run)
+and the diversity figures (distinct, novel, vocabulary).
+
 With --subsets K ..., it instead decodes (first setting only) every K-member sub-ensemble of all the
 models given, and prints BLEU mean / min / max per K: how much each extra member is worth, and how
 much the choice of seeds alone moves BLEU.
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--subsets", type=int, nargs="*", default=[],
                     help="decode every sub-ensemble of these sizes (first beam/penalty/block only)")
+    ap.add_argument("--coco", action="store_true", help="add the coco suite and diversity to every row")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
 
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return _subsets(args, models, feats, vocab, refs, image_ids)
     decoder = StepDecoder(models)
     print(f"{'beam':>4} {'lp':>4} {'block':>5}  BLEU-1 BLEU-2 BLEU-3 BLEU-4  words  seconds")
-    out = []
+    out, hyps = [], []
     for beam, lp, block in itertools.product(args.beams, args.penalties, args.blocks):
         start = time.perf_counter()
         caps = generate_captions(decoder, feats, vocab, beam, args.max_length, lp, args.batch_size,
@@ -80,8 +85,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         words = float(np.mean([len(c.words) for c in caps]))
         out.append({"beam": beam, "length_penalty": lp, "block_repeat_ngram": block, **bleu,
                     "mean_words": round(words, 2), "seconds": round(seconds, 1)})
+        hyps.append([c.words for c in caps])
         print(f"{beam:>4} {lp:>4} {block:>5}  " + " ".join(f"{bleu[k]:6.3f}" for k in sorted(bleu))
               + f"  {words:5.2f}  {seconds:7.1f}", flush=True)
+    if args.coco:
+        add_coco(args, project, out, hyps, image_ids, refs)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return out
@@ -97,7 +105,7 @@ def _subsets(args, models, feats, vocab, refs, image_ids) -> list[dict]:
     beam, lp, block = args.beams[0], args.penalties[0], args.blocks[0]
     print(f"sub-ensembles of {args.subsets} of the {len(models)} models, beam {beam}, lp {lp}, block {block}")
     print(f"{'size':>4} {'members':<16} BLEU-1 BLEU-2 BLEU-3 BLEU-4")
-    out = []
+    out, hyps = [], []
     for k in args.subsets:
         rows = []
         for members in itertools.combinations(range(len(models)), k):
@@ -106,6 +114,7 @@ def _subsets(args, models, feats, vocab, refs, image_ids) -> list[dict]:
                                      block_repeat_ngram=block)
             bleu = score(refs, image_ids, [c.words for c in caps])
             rows.append({"size": k, "members": list(members), **bleu})
+            hyps.append([c.words for c in caps])
             print(f"{k:>4} {','.join(map(str, members)):<16} " + " ".join(f"{bleu[b]:6.3f}" for b in sorted(bleu)),
                   flush=True)
         for b in sorted(rows[0]):
@@ -113,9 +122,34 @@ def _subsets(args, models, feats, vocab, refs, image_ids) -> list[dict]:
                 v = np.array([r[b] for r in rows])
                 print(f"  size {k} {b}: mean {v.mean():.3f}  min {v.min():.3f}  max {v.max():.3f}  ({len(v)} sets)")
         out += rows
+    if args.coco:
+        add_coco(args, Path(args.project), out, hyps, image_ids, refs)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return out
+
+
+def add_coco(args, project: Path, rows: list[dict], hyps: list[list[list[str]]], image_ids: list[str],
+             refs: dict[str, list[list[str]]]) -> None:
+    """Add coco_* (pycocoevalcap, raw references) and diversity figures to each row, in place."""
+    import pandas as pd
+
+    from captioner.cocoeval import CocoScorer, coco_scores, diversity
+    from captioner.evaluation import raw_references_by_image, train_caption_set
+
+    raw = raw_references_by_image(pd.read_parquet(project / f"data/text/{args.split}.parquet"))
+    train = train_caption_set(pd.read_parquet(project / "data/text/train.parquet"))
+    with CocoScorer() as scorer:
+        scores = coco_scores(scorer, {i: raw[i] for i in image_ids},
+                             {str(n): {i: " ".join(h) for i, h in zip(image_ids, hs)} for n, hs in enumerate(hyps)})
+    print("coco suite:  row  BLEU-4 METEOR ROUGE-L CIDEr-D  distinct novel vocab")
+    for n, (row, hs) in enumerate(zip(rows, hyps)):
+        corpus = scores[str(n)].corpus
+        div = diversity(hs, train, [refs[i] for i in image_ids])
+        row.update({f"coco_{k}": round(corpus[k], 4) for k in ("bleu4", "meteor", "rouge_l", "cider")})
+        row.update({"distinct": round(div["distinct"], 3), "novel": round(div["novel"], 3), "vocab": div["vocab"]})
+        print(f"            {n:>4}  {corpus['bleu4']:6.3f} {corpus['meteor']:6.3f} {corpus['rouge_l']:7.3f} "
+              f"{corpus['cider']:7.3f}  {div['distinct']:8.2f} {div['novel']:5.2f} {div['vocab']:5d}", flush=True)
 
 
 if __name__ == "__main__":
