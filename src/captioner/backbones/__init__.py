@@ -17,7 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
-BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "vgg16")
+BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16")
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,16 @@ def flatten_grid(model: keras.Model, feature_map: keras.KerasTensor) -> tuple[ke
     return keras.Model(model.input, flat, name=f"{model.name}_grid"), (h * w, c)
 
 
-def _efficientnet_lite0(weights: str | os.PathLike[str], spatial: bool) -> Backbone:
-    from captioner.backbones import efficientnet_lite0 as lite0
+def _efficientnet_lite(name: str, weights: str | os.PathLike[str], spatial: bool) -> Backbone:
+    """EfficientNet-Lite0/1/2: 1280-d pooled, or its last feature map (7x7, 8x8, 9x9 regions)."""
+    from captioner.backbones import efficientnet_lite as lite
 
-    model = lite0.load_efficientnet_lite0(weights, include_top=False)
+    config = lite.variant(name)
+    model = lite.load_efficientnet_lite(weights, include_top=False, config=config)
     if not spatial:
-        return Backbone("efficientnet_lite0", lite0.LITE0.input_size, lite0.LITE0.head, model, lite0.preprocess)
-    model, grid = flatten_grid(model, model.get_layer("avg_pool").input)  # 7x7x1280 at 224 px
-    return Backbone("efficientnet_lite0", lite0.LITE0.input_size, grid[0] * grid[1], model, lite0.preprocess, grid)
+        return Backbone(name, config.input_size, config.head, model, lite.preprocess)
+    model, grid = flatten_grid(model, model.get_layer("avg_pool").input)
+    return Backbone(name, config.input_size, grid[0] * grid[1], model, lite.preprocess, grid)
 
 
 def _vgg16(weights: str | os.PathLike[str], spatial: bool) -> Backbone:
@@ -90,7 +92,9 @@ def _vgg16(weights: str | os.PathLike[str], spatial: bool) -> Backbone:
 
 
 _LOADERS: dict[str, Callable[[str | os.PathLike[str], bool], Backbone]] = {
-    "efficientnet_lite0": _efficientnet_lite0,
+    "efficientnet_lite0": functools.partial(_efficientnet_lite, "efficientnet_lite0"),
+    "efficientnet_lite1": functools.partial(_efficientnet_lite, "efficientnet_lite1"),
+    "efficientnet_lite2": functools.partial(_efficientnet_lite, "efficientnet_lite2"),
     "vgg16": _vgg16,
 }
 
