@@ -156,6 +156,32 @@ def decoded_batches(
                     f.cancel()
 
 
+def pin_threads(threads: int) -> None:
+    """Pin TensorFlow's intra- and inter-op thread pools to `threads` (before TF runs any op).
+
+    Float sums split over threads are added in another order with another thread count, so a
+    process that must reproduce another's bytes (a Ray worker, where Ray also sets
+    OMP_NUM_THREADS) pins the same count. Once TensorFlow has started, the pools cannot change:
+    then a different count is an error naming the setting, the same count is fine.
+    """
+    import tensorflow as tf
+
+    th = tf.config.threading
+    for get, set_ in ((th.get_intra_op_parallelism_threads, th.set_intra_op_parallelism_threads),
+                      (th.get_inter_op_parallelism_threads, th.set_inter_op_parallelism_threads)):
+        if get() == threads:
+            continue
+        try:
+            set_(threads)
+        except RuntimeError:
+            effective = get() or len(os.sched_getaffinity(0))  # 0: TensorFlow's default, one per CPU
+            if effective != threads:
+                raise RuntimeError(
+                    f"TensorFlow already runs with {effective} threads; cannot pin {threads} "
+                    "(the `threads` param) after it started"
+                ) from None
+
+
 # ---------------------------------------------------------------- shards of an interrupted run
 
 

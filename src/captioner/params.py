@@ -65,6 +65,11 @@ class FeaturesParams(_Section):
     max_bad_images: float = Field(0.01, ge=0.0, le=1.0)  # unreadable images are skipped; more is an error
     spatial: Literal["pooled", "grid"] = "pooled"  # one vector per image, or the region grid (attention)
     dtype: Literal["float32", "float16"] = "float32"  # stored precision (float16 halves a grid's size)
+    # local: this process; ray: a Ray actor pool runs the same decode + CNN per batch (RAY_ADDRESS
+    # joins a cluster), the file is byte for byte the local one (docs/SCALE.md)
+    engine: Literal["local", "ray"] = "local"
+    threads: int = Field(2, ge=1)  # TensorFlow intra/inter-op threads, pinned in both engines (float sums)
+    actors: int = Field(0, ge=0)  # ray: CNN actors (each `threads` CPUs or one GPU); 0 = as many as fit
 
 
 class SequencesParams(_Section):
@@ -102,6 +107,14 @@ class TrainParams(_Section):
     # mixed_bfloat16: layers compute in bfloat16 (variables, loss and saved models stay float32);
     # about 1.5x faster on CPUs with AVX512_BF16 or AMX, much slower on CPUs without.
     precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    # local: members one after another here; ray: members as parallel Ray tasks (one GPU each
+    # where the cluster has GPUs, else `threads` CPUs each), same weights for the same seeds
+    engine: Literal["local", "ray"] = "local"
+    threads: int = Field(2, ge=1)  # TensorFlow intra/inter-op threads, pinned in both engines
+    # replicas of one model (tf.distribute.MirroredStrategy on one host): 0 = every visible GPU
+    # when there are several, else one device; N > 1 = N GPUs (or N logical CPUs in tests);
+    # batch_size is per device, so the global batch is batch_size x devices
+    devices: int = Field(0, ge=0)
 
 
 class EvaluateParams(_Section):
@@ -114,6 +127,11 @@ class EvaluateParams(_Section):
     block_repeat_ngram: int = Field(0, ge=0)  # forbid repeating any n-gram; 0 = off
     batch_size: int = Field(256, gt=0)
     gallery_size: int = Field(24, ge=0)
+    # local: decode here; ray: the images' features decoded in parallel shards (whole batches of
+    # batch_size), corpus metrics computed once over all captions
+    engine: Literal["local", "ray"] = "local"
+    threads: int = Field(2, ge=1)  # TensorFlow intra/inter-op threads, pinned in both engines
+    shards: int = Field(0, ge=0)  # ray: decoding tasks; 0 = one per `threads` CPUs of the cluster
 
 
 class Params(_Section):

@@ -3,13 +3,20 @@
 Teacher forcing over a whole caption is equivalent, for a causal LSTM, to the seed's one
 sample per (prefix -> next word) pair, but the image feature is gathered per batch instead of
 being copied once per prefix, and each batch is padded only to its own longest caption.
+
+Several devices on one host (`train.devices`): `tf.distribute.MirroredStrategy` splits each
+global batch (per-device batch x devices) across replicas; the masked loss is then divided by
+the *global* number of real tokens (an all-reduce of the replicas' counts), so a replica whose
+half of the batch holds more padding weighs exactly as much as in one-device training.
+One ensemble member's whole fit is :func:`train_member` (a `MemberJob` is picklable, so an
+engine can run members elsewhere: see captioner.engines).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -64,10 +71,20 @@ def make_dataset(
     rng = np.random.default_rng(seed) if seed is not None else None
     lengths = caption_lengths(ids)
     n_batches = len(plan_batches(lengths, batch_size, bucket_width, None))
+    # Epoch k's shuffle is the k-th plan drawn from `rng`, whatever the number of times the
+    # generator is started: under a tf.distribute strategy Keras peeks at one batch before
+    # fitting, and that abandoned pass must not use up epoch 1's shuffle.
+    plans: dict[int, list[np.ndarray]] = {}
+    passes = {"done": 0}
 
     def generate() -> Iterator[Batch]:
-        for rows in plan_batches(lengths, batch_size, bucket_width, rng):
+        epoch = passes["done"]
+        if epoch not in plans:
+            plans.clear()  # earlier epochs are finished
+            plans[epoch] = plan_batches(lengths, batch_size, bucket_width, rng)
+        for rows in plans[epoch]:
             yield make_batch(ids, image_rows, features, rows)
+        passes["done"] = epoch + 1
 
     spec = (
         (
@@ -123,18 +140,67 @@ def smoothed_masked_loss(label_smoothing: float):
     return loss
 
 
+def _global_count(count: tf.Tensor) -> tf.Tensor:
+    """`count` summed over the replicas of a distribution strategy (itself with one replica)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return count
+
+
+class GlobalTokenLoss(keras.losses.Loss):
+    """Masked (label-smoothed) cross-entropy summed over this replica's real tokens and divided
+    by the real tokens of the whole global batch.
+
+    Keras sums the replicas' gradients, so the result is the gradient of the global masked
+    mean, whatever share of padding each replica got. Keras also divides a *reduced* loss by
+    the replica count; this loss returns a scalar itself (no Keras reduction), so it is not
+    divided, and the loss Keras reports (x replicas, averaged over replicas of equal size) is
+    again the global mean.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "global_token_loss") -> None:
+        super().__init__(name=name, reduction=None)
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, y_true: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
+        # Keras' Loss.__call__ would turn the logits' Keras mask into weights and reduce again:
+        # the padding mask is applied here, and the result is already the scalar loss.
+        if sample_weight is not None:
+            raise ValueError("GlobalTokenLoss takes no sample weights")
+        return self.call(y_true, y_pred)
+
+    def call(self, y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        y_true = tf.cast(y_true, tf.int32)
+        mask = tf.cast(y_true != 0, tf.float32)
+        logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+        nll = -tf.gather(logp, y_true, batch_dims=2)
+        ls = self.label_smoothing
+        per_word = nll if ls == 0.0 else (1.0 - ls) * nll + ls * -tf.reduce_mean(logp, axis=-1)
+        return tf.reduce_sum(per_word * mask) / tf.maximum(_global_count(tf.reduce_sum(mask)), 1.0)
+
+    def get_config(self) -> dict:
+        return {"label_smoothing": self.label_smoothing, "name": self.name}
+
+
 def masked_nll(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Plain next-word cross-entropy over real positions (comparable across label smoothing)."""
     return smoothed_masked_loss(0.0)(y_true, y_pred)
 
 
-def compile_model(model: keras.Model, learning_rate: float, label_smoothing: float = 0.0) -> None:
-    """Adam + cross-entropy that ignores padding (class 0): padding never leaks into the loss."""
-    loss = (
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
-        if label_smoothing == 0.0
-        else smoothed_masked_loss(label_smoothing)
-    )
+def compile_model(
+    model: keras.Model, learning_rate: float, label_smoothing: float = 0.0, replicas: int = 1
+) -> None:
+    """Adam + cross-entropy that ignores padding (class 0): padding never leaks into the loss.
+
+    With `replicas` > 1 (compile inside the strategy's scope), the loss is normalised by the
+    global count of real tokens (:class:`GlobalTokenLoss`)."""
+    if replicas > 1:
+        loss = GlobalTokenLoss(label_smoothing)
+    elif label_smoothing == 0.0:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+    else:
+        loss = smoothed_masked_loss(label_smoothing)
     metrics = [masked_accuracy] if label_smoothing == 0.0 else [masked_accuracy, masked_nll]
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
 
@@ -178,3 +244,83 @@ def fit(
     val_loss = hist.history["val_loss"]
     best = int(np.argmin(val_loss))
     return FitResult(best + 1, float(val_loss[best]), len(val_loss), dict(hist.history))
+
+
+# ---------------------------------------------------------------- devices and ensemble members
+
+
+def distribution(devices: int) -> tf.distribute.Strategy | None:
+    """The strategy for `train.devices`: MirroredStrategy over N GPUs (or, without GPUs, N
+    logical CPU devices, as tests configure them) when N > 1; 0 = every GPU when there are
+    several; None = one device (plain Keras)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if devices == 0:
+        devices = len(gpus) if len(gpus) > 1 else 1
+    if devices == 1:
+        return None
+    pool = gpus or tf.config.list_logical_devices("CPU")
+    if len(pool) < devices:
+        raise ValueError(
+            f"train.devices={devices} but only {len(pool)} {'GPU' if gpus else 'CPU'} device(s) are visible"
+        )
+    return tf.distribute.MirroredStrategy([d.name for d in pool[:devices]])
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Caption ids, their feature rows and the features (train and dev), as `make_dataset` takes them."""
+
+    train_ids: np.ndarray
+    train_rows: np.ndarray
+    dev_ids: np.ndarray
+    dev_rows: np.ndarray
+    features: np.ndarray
+
+
+@dataclass(frozen=True)
+class MemberJob:
+    """One ensemble member's fit: picklable (`build` must be too), so an engine may run it in
+    another process. `batch_size` is per device."""
+
+    member: int
+    seed: int
+    build: Callable[[], keras.Model]
+    precision: str = "float32"
+    learning_rate: float = 1e-3
+    label_smoothing: float = 0.0
+    batch_size: int = 64
+    bucket_width: int = 4
+    epochs: int = 1
+    patience: int = 1
+    lr_factor: float = 1.0
+    lr_patience: int = 1
+    devices: int = 0
+    options: dict = field(default_factory=dict)  # room for engine settings; unused by the fit
+
+
+def train_member(
+    job: MemberJob, data: TrainData, callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: int | str = 2,
+) -> tuple[keras.Model, FitResult]:
+    """Seed, build, compile and fit one member (under a MirroredStrategy when `job.devices`
+    asks for several); returns the float32 model with its best epoch's weights."""
+    keras.utils.set_random_seed(job.seed)
+    strategy = distribution(job.devices)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    with strategy.scope() if strategy else _nothing(), dtype_policy(job.precision):
+        model = job.build()
+        compile_model(model, job.learning_rate, job.label_smoothing, replicas)
+    train = make_dataset(data.train_ids, data.train_rows, data.features, job.batch_size * replicas,
+                         job.bucket_width, job.seed)
+    dev = make_dataset(data.dev_ids, data.dev_rows, data.features, job.batch_size * replicas,
+                       job.bucket_width, None)
+    result = fit(model, train, dev, job.epochs, job.patience, callbacks=callbacks, verbose=verbose,
+                 lr_factor=job.lr_factor, lr_patience=job.lr_patience)
+    if job.precision != "float32":  # saved float32: decoding and the CLI never see bfloat16
+        model = float32_copy(model, job.build)
+    return model, result
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
