@@ -1,0 +1,274 @@
+"""Self-critical sequence training (SCST): fine-tune a captioner toward CIDEr-D by REINFORCE.
+
+For a batch of images: sample K captions per image from the model (temperature 1, one
+compiled step loop), reward each by its CIDEr-D against that image's references
+(:mod:`captioner.rewards`, document frequencies fixed from the train references), subtract a
+baseline, and take one optimiser step on
+
+    loss = - mean over captions of (reward - baseline) x sum_t log p(w_t | w_<t, image)
+
+with the log-probabilities from one masked teacher-forcing pass over the sampled captions
+(padding after endseq is out of the loss). Baselines: ``"mean"``, the mean reward of the other
+K - 1 samples of the same image (Luo 2020, "A better variant of self-critical sequence
+training"); ``"greedy"``, the reward of the model's greedy caption (Rennie et al. 2017).
+
+Works for merge and attention models (stepped like :class:`captioner.decoding.StepDecoder`);
+an ensemble is trained member by member, one :class:`ScstTrainer` each. Models must be
+float32 (the saved copies, not a mixed-precision training model). Padding, startseq and
+<unk> are never sampled; both the sampler and the loss renormalise over the other words, so
+the loss's log-probabilities are exactly those the captions were drawn with.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from captioner.decoding import StepDecoder
+from captioner.rewards import CiderD
+from captioner.text import END, PAD, START, UNK, Vocabulary
+
+Baseline = Literal["mean", "greedy"]
+_BANNED = -1e9  # added to the logits of words that are never sampled
+
+
+@dataclass(frozen=True)
+class ScstConfig:
+    """SCST settings: samples per image, longest caption (words, endseq not counted),
+    baseline, Adam learning rate, images per step, seed of the sampling and the image order."""
+
+    samples: int = 5
+    max_length: int = 20
+    baseline: Baseline = "mean"
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.baseline not in ("mean", "greedy"):
+            raise ValueError(f"scst baseline must be 'mean' or 'greedy', got {self.baseline!r}")
+        if self.samples < (2 if self.baseline == "mean" else 1):
+            raise ValueError(f"scst samples must be >= 2 with the 'mean' baseline, got {self.samples}")
+        if self.max_length < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise ValueError("scst max_length and batch_size must be >= 1 and learning_rate > 0")
+
+
+def banned_logits(vocab: Vocabulary) -> np.ndarray:
+    """(vocab,) float32: 0, or a large negative number at padding, startseq and <unk>."""
+    out = np.zeros(len(vocab), np.float32)
+    out[[vocab.index[t] for t in (PAD, START, UNK)]] = _BANNED
+    return out
+
+
+def caption_length(ids: np.ndarray, end_id: int) -> np.ndarray:
+    """Words of each row of sampled ids before its endseq (or padding, or the row's end)."""
+    stop = (ids == end_id) | (ids == 0)
+    return np.where(stop.any(axis=1), stop.argmax(axis=1), ids.shape[1])
+
+
+def leave_one_out_mean(rewards: np.ndarray, samples: int) -> np.ndarray:
+    """Each sample's baseline: the mean reward of the other samples of its image (rows of
+    `rewards` grouped by image, `samples` >= 2 each)."""
+    r = np.asarray(rewards, np.float64).reshape(-1, samples)
+    return ((r.sum(axis=1, keepdims=True) - r) / (samples - 1)).ravel()
+
+
+def teacher_forcing(ids: np.ndarray, start_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of sampled id rows (zero-padded after endseq), trimmed to the longest:
+    targets are the rows, inputs the rows shifted right behind startseq."""
+    width = max(int((ids != 0).sum(axis=1).max(initial=0)), 1)
+    targets = ids[:, :width].astype(np.int32)
+    inputs = np.concatenate([np.full((len(ids), 1), start_id, np.int32), targets[:, :-1]], axis=1)
+    return inputs, targets
+
+
+def sequence_logprob(
+    model: keras.Model, features: tf.Tensor, inputs: tf.Tensor, targets: tf.Tensor, banned: tf.Tensor
+) -> tf.Tensor:
+    """(B,) sum over the real (non-zero) targets of log p(target), one teacher-forcing pass
+    (no dropout), over the words that can be sampled."""
+    logits = tf.cast(model([features, inputs], training=False), tf.float32) + banned
+    logp = tf.gather(tf.nn.log_softmax(logits), targets, batch_dims=2)
+    return tf.reduce_sum(tf.where(targets != 0, logp, 0.0), axis=1)
+
+
+class Sampler:
+    """Captions from one model (or an ensemble's averaged probabilities): K samples per image
+    at temperature 1, or the greedy caption, for a whole batch in one compiled loop."""
+
+    def __init__(self, models: keras.Model | Sequence[keras.Model], vocab: Vocabulary, max_length: int, seed: int = 0):
+        self.decoder = StepDecoder(models)
+        self.max_length = max_length
+        self.start_id, self.end_id = vocab.index[START], vocab.index[END]
+        self._banned = tf.constant(banned_logits(vocab))
+        self._rng = tf.random.Generator.from_seed(seed)
+        dim = self.decoder._start.input_signature[0].shape[-1]
+        spec = [tf.TensorSpec((None, dim), tf.float32), tf.TensorSpec((), tf.int32)]
+        self._sample = tf.function(lambda f, k: self._loop(f, k, greedy=False), input_signature=spec)
+        self._greedy = tf.function(lambda f, k: self._loop(f, k, greedy=True), input_signature=spec)
+
+    def _loop(self, features: tf.Tensor, k: tf.Tensor, greedy: bool):
+        image, h, c = self.decoder._start(features)  # StepDecoder's compiled start and step
+        image, h, c = (tf.repeat(x, k, axis=0) for x in (image, h, c))
+        n = tf.shape(h)[0]
+        words = tf.fill([n], tf.constant(self.start_id, tf.int32))
+        done = tf.zeros([n], tf.bool)
+        logprob = tf.zeros([n], tf.float32)
+        steps = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
+        last = self.max_length  # step max_length + 1 may only end the caption
+        for t in tf.range(last + 1):
+            logp, h, c, _ = self.decoder._step(image, words, h, c)
+            logp = tf.nn.log_softmax(logp + self._banned)
+            if greedy:
+                nxt = tf.argmax(logp, axis=1, output_type=tf.int32)
+            else:
+                seed = self._rng.make_seeds(1)[:, 0]
+                nxt = tf.cast(tf.random.stateless_categorical(logp, 1, seed)[:, 0], tf.int32)
+            nxt = tf.where(done | ((t == last) & (nxt != self.end_id)), 0, nxt)
+            logprob += tf.where(nxt > 0, tf.gather(logp, nxt, batch_dims=1), 0.0)
+            steps = steps.write(t, nxt)
+            done = done | (nxt == self.end_id) | (nxt == 0)
+            words = nxt
+            if tf.reduce_all(done):
+                break
+        return tf.transpose(steps.stack()), logprob
+
+    def sample(self, features: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N * samples, steps) int32 ids (image i's samples in rows i*samples...; zero after
+        endseq) and the (N * samples,) log-probability of each caption."""
+        ids, logprob = self._sample(tf.constant(features, tf.float32), tf.constant(samples, tf.int32))
+        return ids.numpy(), logprob.numpy()
+
+    def greedy(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The greedy caption of each image, as :meth:`sample` with one sample."""
+        ids, logprob = self._greedy(tf.constant(features, tf.float32), tf.constant(1, tf.int32))
+        return ids.numpy(), logprob.numpy()
+
+
+class CaptionReward:
+    """CIDEr-D of sampled id rows against the references of their images.
+
+    `references[i]`: the reference captions (token lists, cleaned like the training text) of
+    image i, the image of feature row i; `scorer` holds the document frequencies (the train
+    references')."""
+
+    def __init__(self, scorer: CiderD, references: Sequence[Sequence[Sequence[str]]], vocab: Vocabulary) -> None:
+        self.scorer = scorer
+        self.refs = scorer.references(references)
+        self.table = scorer.word_ids(vocab.tokens)  # model id -> scorer word id
+        self.end_id = vocab.index[END]
+
+    def __call__(self, ids: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """(M,) float64 reward of each row of model ids (words up to endseq)."""
+        return self.scorer.score_ids(self.table[ids], caption_length(ids, self.end_id), images, self.refs)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One SCST step: mean sampled reward, mean baseline, loss, mean sampled length."""
+
+    reward: float
+    baseline: float
+    loss: float
+    length: float
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """An SCST epoch: means over its steps (weighted by images), steps and seconds."""
+
+    reward: float
+    baseline: float
+    loss: float
+    length: float
+    steps: int
+    seconds: float
+
+
+class ScstTrainer:
+    """SCST for one float32 captioner (merge or attention); the model is trained in place."""
+
+    def __init__(self, model: keras.Model, vocab: Vocabulary, reward: CaptionReward, config: ScstConfig) -> None:
+        self.model, self.vocab, self.reward, self.config = model, vocab, reward, config
+        self.sampler = Sampler(model, vocab, config.max_length, config.seed)
+        self.optimizer = keras.optimizers.Adam(config.learning_rate)
+        self.optimizer.build(model.trainable_variables)
+        self._rng = np.random.default_rng(config.seed)
+        self._banned = self.sampler._banned
+        dim = int(model.inputs[0].shape[-1])
+        self._train_step = tf.function(
+            self._train_step_impl,
+            input_signature=[
+                tf.TensorSpec((None, dim), tf.float32),
+                tf.TensorSpec((None, None), tf.int32),
+                tf.TensorSpec((None, None), tf.int32),
+                tf.TensorSpec((None,), tf.float32),
+            ],
+        )
+
+    def loss(self, features: tf.Tensor, inputs: tf.Tensor, targets: tf.Tensor, advantages: tf.Tensor) -> tf.Tensor:
+        """- mean over captions of advantage x the caption's log-probability (padding ignored)."""
+        logprob = sequence_logprob(self.model, features, inputs, targets, self._banned)
+        return -tf.reduce_mean(advantages * logprob)
+
+    def _train_step_impl(self, features, inputs, targets, advantages):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = self.loss(features, inputs, targets, advantages)
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    def advantages(self, rewards: np.ndarray, features: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(advantage, baseline) of each sample; rewards (N * K,) with image i's K samples together."""
+        if self.config.baseline == "mean":
+            base = leave_one_out_mean(rewards, self.config.samples)
+        else:
+            greedy, _ = self.sampler.greedy(features)
+            base = np.repeat(self.reward(greedy, images), self.config.samples)
+        return rewards - base, base
+
+    def step(self, features: np.ndarray, images: np.ndarray) -> StepResult:
+        """One SCST update on a batch: `features` (N, D) of images `images` (rows of the rewards' references)."""
+        features = np.asarray(features, np.float32)
+        k = self.config.samples
+        ids, _ = self.sampler.sample(features, k)
+        rewards = self.reward(ids, np.repeat(images, k))
+        advantage, base = self.advantages(rewards, features, images)
+        inputs, targets = teacher_forcing(ids, self.sampler.start_id)
+        loss = self._train_step(np.repeat(features, k, axis=0), inputs, targets, advantage.astype(np.float32))
+        length = caption_length(ids, self.sampler.end_id).mean()
+        return StepResult(float(rewards.mean()), float(base.mean()), float(loss), float(length))
+
+    def epoch(self, features: np.ndarray, progress: bool = True) -> EpochResult:
+        """One pass over all images (row i of `features` is image i of the references), in a
+        shuffled order, `config.batch_size` images per step, with a progress bar."""
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        order = self._rng.permutation(len(features))
+        sums = np.zeros(4)
+        batches = [order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
+        with tqdm(total=len(order), desc="scst", unit="img", disable=not progress) as bar:
+            for rows in batches:
+                res = self.step(features[rows], rows)
+                sums += len(rows) * np.array([res.reward, res.baseline, res.loss, res.length])
+                bar.update(len(rows))
+                bar.set_postfix(reward=f"{res.reward:.3f}", length=f"{res.length:.1f}")
+        means = sums / max(len(order), 1)
+        return EpochResult(*(float(x) for x in means), len(batches), time.perf_counter() - t0)
+
+    def mean_reward(self, features: np.ndarray, images: np.ndarray, greedy: bool = True, batch_size: int = 256) -> float:
+        """Mean CIDEr-D of the model's greedy (or sampled, `config.samples` per image) captions."""
+        out = []
+        for i in range(0, len(features), batch_size):
+            f = np.asarray(features[i : i + batch_size], np.float32)
+            k = 1 if greedy else self.config.samples
+            ids = self.sampler.greedy(f)[0] if greedy else self.sampler.sample(f, k)[0]
+            out.append(self.reward(ids, np.repeat(images[i : i + batch_size], k)))
+        return float(np.concatenate(out).mean())
