@@ -4,7 +4,9 @@ ROUGE-L, CIDEr-D) and diversity, beside the human ceiling; write the captions ta
 data and an offline HTML gallery of the best, worst and sampled captions by CIDEr-D.
 Images without features (unreadable, skipped by extract_features) are not scored, and counted.
 `--metrics` holds scores only (what `dvc metrics diff` compares); the split, image counts,
-decoding settings, timings and the blind caption go to `--run-info`, which is not a DVC metric."""
+decoding settings, timings and the blind caption go to `--run-info`, which is not a DVC metric.
+`evaluate.engine: ray` captions contiguous shards of whole batches in parallel Ray tasks
+(captioner.engines); every score is still computed here, once, over all the captions."""
 
 import argparse
 import sys
@@ -36,7 +38,6 @@ from captioner.features import read_features, report_path
 from captioner.gallery import bleu_rows, coco_rows, image_paths, write_gallery
 from captioner.io import atomic_path, exit_on_sigterm, read_json, reported_errors, write_json
 from captioner.params import EvaluateParams, load_params
-from captioner.text import load_vocabulary
 
 HUMAN_RUN_INFO = ("split", "rounds", "images", "references_per_round")  # counts, not scores: run info
 
@@ -61,8 +62,7 @@ def main() -> None:
 
 
 def evaluate(args: argparse.Namespace, p: EvaluateParams, scorer: CocoScorer) -> None:
-    from captioner.decoding import StepDecoder, generate_captions  # TensorFlow: after the JVM's start
-    from captioner.model import load_members
+    from captioner.engines.captioning import decode_captions  # TensorFlow: after the JVM's start
 
     split_file = Path(args.text) / f"{p.split}.parquet"
     if not split_file.exists():
@@ -81,12 +81,11 @@ def evaluate(args: argparse.Namespace, p: EvaluateParams, scorer: CocoScorer) ->
     if not image_ids:
         raise SystemExit(f"evaluate: {args.features}: no features for any of the {len(refs)} {p.split} images")
 
-    vocab = load_vocabulary(Path(args.model) / "vocab.json")
-    models = load_members(args.model, read_json(Path(args.model) / "meta.json"), features.shape[1], len(vocab))
     start = time.perf_counter()
-    captions = generate_captions(
-        StepDecoder(models), feats, vocab, p.beam_width, p.max_length, p.length_penalty, p.batch_size,
-        block_repeat_ngram=p.block_repeat_ngram,
+    captions = decode_captions(
+        p.engine, args.model, feats, p.threads, p.shards, p.batch_size,
+        {"beam_width": p.beam_width, "max_length": p.max_length, "length_penalty": p.length_penalty,
+         "block_repeat_ngram": p.block_repeat_ngram},
     )
     seconds = time.perf_counter() - start
     hyps = [c.words for c in captions]
@@ -137,7 +136,7 @@ def evaluate(args: argparse.Namespace, p: EvaluateParams, scorer: CocoScorer) ->
         "split": p.split, "images": len(image_ids), "images_without_features": len(missing),
         "decoding": {"beam_width": p.beam_width, "length_penalty": p.length_penalty,
                      "block_repeat_ngram": p.block_repeat_ngram, "max_length": p.max_length},
-        "decode_seconds": round(seconds, 2), "coco_seconds": round(coco_seconds, 2),
+        "engine": p.engine, "decode_seconds": round(seconds, 2), "coco_seconds": round(coco_seconds, 2),
         "blind_caption": " ".join(blind),
         "human": {k: v for k, v in human.items() if k in HUMAN_RUN_INFO},
     })

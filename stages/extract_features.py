@@ -5,6 +5,11 @@ image of every split -> Parquet, and a report of the images skipped (unreadable)
 Each finished batch is persisted under `<out stem>.partial/<key>/` (not a DVC output, so
 `dvc repro` keeps it after a killed run): a rerun resumes there and gives the same file bit
 for bit. The folder is removed once the features are written.
+
+`features.engine: ray` runs the decode + CNN of each batch in a Ray actor pool (see
+captioner.engines); this process still writes the shards, the report and the file, which are
+byte for byte those of `local` (same batches, same pinned `features.threads`), so the shards
+of an interrupted run resume under either engine.
 """
 
 import argparse
@@ -28,6 +33,7 @@ import captioner.features
 import captioner.images
 from captioner.backbones import Backbone, load_backbone
 from captioner.datasets import load_dataset
+from captioner.engines.extraction import feature_runner
 from captioner.features import (
     check_bad_images,
     extract,
@@ -35,6 +41,7 @@ from captioner.features import (
     extraction_report,
     file_stamp,
     partial_dir,
+    pin_threads,
     report_path,
     write_features,
 )
@@ -53,14 +60,14 @@ def code_digest(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def run_config(backbone: Backbone, weights: str, batch_size: int) -> dict[str, Any]:
+def run_config(backbone: Backbone, weights: str, batch_size: int, threads: int) -> dict[str, Any]:
     """Everything besides the image list that the features depend on: keys the shard folder."""
     backbones = Path(captioner.backbones.__file__).parent
     code = [Path(captioner.images.__file__), Path(captioner.features.__file__), *backbones.glob("*.py")]
     return {
         "backbone": backbone.name, "weights": weights, "weights_file": file_stamp(weights),
         "input_size": backbone.input_size, "feature_dim": backbone.feature_dim, "batch_size": batch_size,
-        "grid": backbone.grid,
+        "grid": backbone.grid, "threads": threads,
         "code": code_digest(code),
         "versions": {m: getattr(importlib.import_module(m), "__version__", "?") for m in LIBRARIES},
     }
@@ -85,12 +92,17 @@ def main() -> None:
     images = ds.images.sort_values("image_id").reset_index(drop=True)
     ids = list(images["image_id"])
     paths = [os.path.relpath(p) for p in images["path"]]  # report and shards: project-relative
+    pin_threads(feat.threads)  # before TensorFlow starts; the Ray actors pin the same count
     backbone = load_backbone(feat.backbone, feat.weights, feat.spatial)
-    shards = partial / extraction_key(paths, run_config(backbone, feat.weights, feat.batch_size))
+    shards = partial / extraction_key(paths, run_config(backbone, feat.weights, feat.batch_size, feat.threads))
     shape = f"{backbone.grid[0]} regions x {backbone.grid[1]}-d" if backbone.grid else f"{backbone.feature_dim}-d"
-    print(f"extract_features: {len(images)} images with {backbone.name} ({shape}, {feat.dtype})")
+    print(f"extract_features: {len(images)} images with {backbone.name} ({shape}, {feat.dtype}), "
+          f"engine {feat.engine}, {feat.threads} TensorFlow thread(s)")
+    runner = feature_runner(feat.engine, feat.backbone, feat.weights, feat.spatial, feat.threads, feat.workers,
+                            feat.actors, on_error="skip")
     result = extract(
-        paths, backbone, batch_size=feat.batch_size, workers=feat.workers, on_error="skip", shards=shards
+        paths, backbone, batch_size=feat.batch_size, workers=feat.workers, on_error="skip", shards=shards,
+        runner=runner,
     )
     if result.resumed:
         print(f"extract_features: resumed an interrupted run: {result.resumed} images read back from {shards}")

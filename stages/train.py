@@ -4,9 +4,14 @@ keep the best epoch.
 Captions whose image has no features (unreadable, skipped by extract_features) are dropped
 and counted. The model folder and the curves folder (`--live`: metrics.json holds the best
 epoch's losses only; timings and per-member figures go to run.json, which is not a DVC metric)
-are both written atomically."""
+are both written atomically.
+
+`train.engine: ray` trains the ensemble members as parallel Ray tasks (captioner.engines);
+`train.devices` spreads each member over several GPUs of one host (MirroredStrategy). Both
+run :func:`captioner.training.train_member`, the local code."""
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -21,13 +26,28 @@ setup_stage_output()
 import keras
 
 from captioner.curves import CurveLogger, best_epoch_summary
+from captioner.engines.ensemble import train_members
 from captioner.features import read_features, report_path
 from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
 from captioner.model import build_attention_model, build_merge_model
 from captioner.params import load_params
 from captioner.sequences import drop_without_features, load_sequences
 from captioner.text import load_vocabulary, save_vocabulary
-from captioner.training import compile_model, dtype_policy, fit, float32_copy, make_dataset
+from captioner.params import ModelParams
+from captioner.training import MemberJob, TrainData
+
+
+def build(kind: str, mp: ModelParams, vocab_size: int, dim: int, grid: bool, regions: int, channels: int) -> keras.Model:
+    """A fresh, untrained member of `kind` (module-level and given plain values only, so a
+    `functools.partial` of it is cheap to send to a Ray task)."""
+    if kind == "merge" and not grid:
+        return build_merge_model(vocab_size, dim, mp.embedding_dim, mp.units, mp.dropout)
+    if kind == "merge":  # a merge member of an attention ensemble: averages the grid itself
+        return build_merge_model(vocab_size, channels, mp.embedding_dim, mp.units, mp.dropout, regions)
+    return build_attention_model(
+        vocab_size, regions, channels, mp.embedding_dim, mp.units,
+        mp.attention_dim, mp.dropout, mp.attention_reg, mp.region_dropout,
+    )
 
 
 def main() -> None:
@@ -61,46 +81,35 @@ def main() -> None:
         )
 
     kinds = [mp.kind] * (tp.ensemble - tp.merge_members) + ["merge"] * tp.merge_members
-
-    def build(kind: str) -> keras.Model:
-        if kind == "merge" and not grid:
-            return build_merge_model(len(vocab), features.shape[1], mp.embedding_dim, mp.units, mp.dropout)
-        if kind == "merge":  # a merge member of an attention ensemble: averages the grid itself
-            regions, channels = int(meta["regions"]), int(meta["channels"])
-            return build_merge_model(len(vocab), channels, mp.embedding_dim, mp.units, mp.dropout, regions)
-        return build_attention_model(
-            len(vocab), int(meta["regions"]), int(meta["channels"]), mp.embedding_dim, mp.units,
-            mp.attention_dim, mp.dropout, mp.attention_reg, mp.region_dropout,
-        )
+    regions, channels = (int(meta["regions"]), int(meta["channels"])) if grid else (0, 0)
 
     train_ids, dev_ids = seqs["train"][0], seqs["dev"][0]
     n_words = int((train_ids[:, 1:] != 0).sum())
     shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.shape[1]}-d"
     print(f"train: {mp.kind} model, {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
           f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s): {', '.join(kinds)}; "
-          f"precision {tp.precision}")
-    dev = make_dataset(dev_ids, rows["dev"], features, tp.batch_size, tp.bucket_width, None)
+          f"precision {tp.precision}; engine {tp.engine}, {tp.threads} TensorFlow thread(s)"
+          + (f", {tp.devices} devices" if tp.devices else ""))
+    data = TrainData(train_ids, rows["train"], dev_ids, rows["dev"], features)
+    jobs = [  # member i trains with seed + i; curves of member 0
+        MemberJob(
+            member=m, seed=tp.seed + m,
+            build=functools.partial(build, kinds[m], mp, len(vocab), int(features.shape[1]), grid, regions, channels),
+            precision=tp.precision, learning_rate=tp.learning_rate, label_smoothing=tp.label_smoothing,
+            batch_size=tp.batch_size, bucket_width=tp.bucket_width, epochs=tp.epochs, patience=tp.patience,
+            lr_factor=tp.lr_factor, lr_patience=tp.lr_patience, devices=tp.devices,
+        )
+        for m in range(tp.ensemble)
+    ]
 
     with atomic_path(args.live) as live_dir:  # a killed run leaves the old curves or none
         live_dir.mkdir()
         start = time.perf_counter()
-        models, results = [], []
-        for member in range(tp.ensemble):  # member i trains with seed + i; curves of member 0
-            keras.utils.set_random_seed(tp.seed + member)
-            with dtype_policy(tp.precision):
-                model = build(kinds[member])
-            compile_model(model, tp.learning_rate, tp.label_smoothing)
-            train = make_dataset(train_ids, rows["train"], features, tp.batch_size, tp.bucket_width,
-                                 tp.seed + member)
-            results.append(fit(
-                model, train, dev, tp.epochs, tp.patience,
-                callbacks=[CurveLogger(live_dir / "curves")] if member == 0 else [],
-                verbose=1 if sys.stdout.isatty() else 2,  # a bar with ETA on a terminal, a line per epoch in logs
-                lr_factor=tp.lr_factor, lr_patience=tp.lr_patience,
-            ))
-            if tp.precision != "float32":  # save float32 models: decoding and the CLI never see bfloat16
-                model = float32_copy(model, lambda: build(kinds[member]))
-            models.append(model)
+        trained = train_members(
+            tp.engine, jobs, data, tp.threads, lambda: [CurveLogger(live_dir / "curves")],
+            verbose=1 if sys.stdout.isatty() else 2,  # a bar with ETA on a terminal, a line per epoch in logs
+        )
+        models, results = [m for m, _ in trained], [r for _, r in trained]
         seconds = time.perf_counter() - start
         result = results[0]
         epochs_run = sum(r.epochs_run for r in results)

@@ -28,7 +28,7 @@ import itertools
 import json
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,12 +285,15 @@ def extract(
     on_error: OnError = "raise",
     prefetch: int = 2,
     shards: str | os.PathLike[str] | None = None,
+    runner: Callable[[list[list[Path]]], Iterable[BatchResult]] | None = None,
 ) -> Extraction:
     """Extract features of `paths` with `backbone`; on_error="skip" reports bad images instead of raising.
 
     With on_error="raise" the first bad image raises ImageError naming the file. With a
     `shards` folder, each finished batch is persisted there and batches already there (same
     images, unchanged files) are read back instead of recomputed: an interrupted run resumes.
+    `runner` (an engine, see captioner.engines) computes the BatchResults of the batches still
+    to do, in order, elsewhere; by default :func:`run_batches` computes them here.
     """
     paths = [Path(p) for p in paths]
     if batch_size < 1:
@@ -304,19 +307,34 @@ def extract(
                 done[i] = r
     resumed = sum(len(r.paths) for r in done.values())
     todo = [i for i in range(len(spans)) if i not in done]
-    # Every span but the last is full, so the pending spans re-chunk to the same batches.
-    pending = [p for i in todo for p in spans[i]]
-    batches = decoded_batches(pending, backbone.input_size, batch_size, workers, prefetch, on_error)
+    if runner is None:
+        results = run_batches([spans[i] for i in todo], backbone, workers, prefetch, on_error)
+    else:
+        results = runner([spans[i] for i in todo])
     with tqdm(
         total=len(paths), initial=resumed, unit="img", desc=f"features ({backbone.name})", disable=not progress
     ) as bar:
-        for i, decoded in zip(todo, batches, strict=True):
-            out = backbone.forward(backbone.preprocess(_stack(decoded, backbone.input_size)))
-            done[i] = _batch_result(spans[i], decoded, out)
+        for i, result in zip(todo, results, strict=True):
+            done[i] = result
             if folder is not None:
                 write_shard(shard_path(folder, i), done[i])
-            bar.update(len(decoded))
+            bar.update(len(result.paths))
     return _assemble([done[i] for i in range(len(spans))], backbone.feature_dim, resumed)
+
+
+def run_batches(
+    spans: Sequence[Sequence[Path]], backbone: Backbone, workers: int, prefetch: int = 2, on_error: OnError = "raise"
+) -> Iterator[BatchResult]:
+    """Decode and run the CNN on each span of paths (one batch each), in order, in this process.
+
+    Every span but the last has the same length, so the spans re-chunk to the same batches
+    (an engine running spans elsewhere calls this with one span at a time)."""
+    pending = [p for span in spans for p in span]
+    size = max((len(s) for s in spans), default=1)
+    batches = decoded_batches(pending, backbone.input_size, size, workers, prefetch, on_error)
+    for span, decoded in zip(spans, batches, strict=True):
+        out = backbone.forward(backbone.preprocess(_stack(decoded, backbone.input_size)))
+        yield _batch_result(span, decoded, out)
 
 
 # ---------------------------------------------------------------- bad-image report and threshold
