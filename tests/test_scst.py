@@ -123,6 +123,8 @@ def test_scst_raises_the_reward_on_a_toy_task(kind: str, baseline: str) -> None:
     print(f"\nSCST {kind}/{baseline}: sampled reward {before:.3f} -> {after:.3f}")
     assert after > before + 0.8, (before, after)  # measured: merge 1.86 -> 4.05, attention 0.69 -> 1.83
     assert second.reward > first.reward
+    dev = CaptionReward(CiderD(toy["refs"][:40]), toy["refs"][:40], toy["vocab"])  # e.g. dev references
+    assert trainer.mean_reward(toy["feats"][:40], np.arange(40), reward=dev) > 0
 
 
 def test_config_errors() -> None:

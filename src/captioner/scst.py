@@ -263,12 +263,17 @@ class ScstTrainer:
         means = sums / max(len(order), 1)
         return EpochResult(*(float(x) for x in means), len(batches), time.perf_counter() - t0)
 
-    def mean_reward(self, features: np.ndarray, images: np.ndarray, greedy: bool = True, batch_size: int = 256) -> float:
-        """Mean CIDEr-D of the model's greedy (or sampled, `config.samples` per image) captions."""
+    def mean_reward(
+        self, features: np.ndarray, images: np.ndarray, greedy: bool = True, batch_size: int = 256,
+        reward: CaptionReward | None = None,
+    ) -> float:
+        """Mean CIDEr-D of the model's greedy (or sampled, `config.samples` per image) captions
+        of images `images`, by the training reward or by `reward` (e.g. the dev references')."""
+        reward = reward or self.reward
         out = []
         for i in range(0, len(features), batch_size):
             f = np.asarray(features[i : i + batch_size], np.float32)
             k = 1 if greedy else self.config.samples
             ids = self.sampler.greedy(f)[0] if greedy else self.sampler.sample(f, k)[0]
-            out.append(self.reward(ids, np.repeat(images[i : i + batch_size], k)))
+            out.append(reward(ids, np.repeat(images[i : i + batch_size], k)))
         return float(np.concatenate(out).mean())
