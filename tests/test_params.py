@@ -65,3 +65,19 @@ def test_missing_data_root(tmp_path) -> None:
     params = load_params(write(tmp_path, yaml.safe_dump({"data": {"root": "no/such/dir"}})))
     with pytest.raises(ParamsError, match="data.root: .*no/such/dir does not exist"):
         check_data_root(params, tmp_path)
+
+
+def test_engines_default_to_local_and_are_validated(tmp_path) -> None:
+    params = load_params(write(tmp_path, "train: {epochs: 2}\n"))
+    assert (params.features.engine, params.train.engine, params.evaluate.engine) == ("local", "local", "local")
+    assert params.train.devices == 0 and params.features.threads >= 1
+    repo = load_params(REPO / "params.yaml")
+    assert (repo.features.engine, repo.train.engine, repo.evaluate.engine) == ("local", "local", "local")
+    ok = load_params(write(tmp_path, "features: {engine: ray}\ntrain: {engine: ray, devices: 2}\n"
+                                     "evaluate: {engine: ray, shards: 3}\n"))
+    assert ok.features.engine == ok.train.engine == ok.evaluate.engine == "ray" and ok.train.devices == 2
+    for text, key in (("features: {engine: spark}", "features.engine"), ("train: {engine: dask}", "train.engine"),
+                      ("evaluate: {engine: Ray}", "evaluate.engine"), ("train: {threads: 0}", "train.threads"),
+                      ("train: {devices: -1}", "train.devices"), ("evaluate: {shards: -2}", "evaluate.shards")):
+        with pytest.raises(ParamsError, match=key):
+            load_params(write(tmp_path, text + "\n"))
