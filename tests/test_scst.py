@@ -47,18 +47,28 @@ def _toy(kind: str) -> dict:
     refs = [[p.format(COLOURS[c]).split() for p in POOL] for c in cls]
     caps = [f"{START} {POOL[i % 3].format(COLOURS[c])} {END}" for i, c in enumerate(cls)]
     vocab = build_vocabulary(caps, 1)
-    if kind == "merge":
-        model = build_merge_model(len(vocab), 8, 16, 32, 0.1)
-    else:
-        model = build_attention_model(len(vocab), REGIONS, CHANNELS, 16, 32, 16, 0.1, 0.1)
+
+    def build() -> keras.Model:
+        if kind == "merge":
+            return build_merge_model(len(vocab), 8, 16, 32, 0.1)
+        return build_attention_model(len(vocab), REGIONS, CHANNELS, 16, 32, 16, 0.1, 0.1)
+
+    model = build()
     fit_toy(model, encode_captions(caps, vocab, 10), feats, epochs=2)
-    return {"model": model, "vocab": vocab, "feats": feats, "refs": refs,
+    return {"model": model, "build": build, "vocab": vocab, "feats": feats, "refs": refs,
             "reward": CaptionReward(CiderD(refs), refs, vocab)}
 
 
 @pytest.fixture(scope="module")
 def merge_toy() -> dict:
     return _toy("merge")
+
+
+def _fresh(toy: dict) -> dict:
+    """The toy with a copy of its model, for a test that trains it."""
+    model = toy["build"]()
+    model.set_weights(toy["model"].get_weights())
+    return toy | {"model": model}
 
 
 def _trainer(toy: dict, **config) -> ScstTrainer:
@@ -111,8 +121,8 @@ def test_leave_one_out_baseline() -> None:
 
 
 @pytest.mark.parametrize(("kind", "baseline"), [("merge", "mean"), ("attention", "greedy")])
-def test_scst_raises_the_reward_on_a_toy_task(kind: str, baseline: str) -> None:
-    toy = _toy(kind)
+def test_scst_raises_the_reward_on_a_toy_task(kind: str, baseline: str, merge_toy: dict) -> None:
+    toy = _fresh(merge_toy) if kind == "merge" else _toy(kind)
     trainer = _trainer(toy, baseline=baseline)
     images = np.arange(N)
     before = trainer.mean_reward(toy["feats"], images, greedy=False)

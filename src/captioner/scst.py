@@ -224,7 +224,9 @@ class ScstTrainer:
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    def advantages(self, rewards: np.ndarray, features: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def advantages(
+        self, rewards: np.ndarray, features: np.ndarray, images: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(advantage, baseline) of each sample; rewards (N * K,) with image i's K samples together."""
         if self.config.baseline == "mean":
             base = leave_one_out_mean(rewards, self.config.samples)

