@@ -124,17 +124,21 @@ def test_leave_one_out_baseline() -> None:
 def test_scst_raises_the_reward_on_a_toy_task(kind: str, baseline: str, merge_toy: dict) -> None:
     toy = _fresh(merge_toy) if kind == "merge" else _toy(kind)
     trainer = _trainer(toy, baseline=baseline)
-    images = np.arange(N)
-    before = trainer.mean_reward(toy["feats"], images, greedy=False)
+    before = trainer.mean_reward(toy["feats"], greedy=False)
     first = trainer.epoch(toy["feats"], progress=False)
     second = trainer.epoch(toy["feats"], progress=False)
-    after = trainer.mean_reward(toy["feats"], images, greedy=False)
+    after = trainer.mean_reward(toy["feats"], greedy=False)
     assert first.steps == second.steps == 8 and second.seconds > 0
     print(f"\nSCST {kind}/{baseline}: sampled reward {before:.3f} -> {after:.3f}")
     assert after > before + 0.8, (before, after)  # measured: merge 1.86 -> 4.05, attention 0.69 -> 1.83
     assert second.reward > first.reward
-    dev = CaptionReward(CiderD(toy["refs"][:40]), toy["refs"][:40], toy["vocab"])  # e.g. dev references
-    assert trainer.mean_reward(toy["feats"][:40], np.arange(40), reward=dev) > 0
+    # other references (e.g. dev's) whose images are rows of a bigger feature matrix: the same captions
+    held = np.arange(N - 40, N)
+    dev = CaptionReward(CiderD([toy["refs"][i] for i in held]), [toy["refs"][i] for i in held], toy["vocab"])
+    by_rows = trainer.mean_reward(toy["feats"], held, reward=dev)
+    assert by_rows > 0 and by_rows == trainer.mean_reward(toy["feats"][held], reward=dev)
+    with pytest.raises(ValueError, match="39 feature rows for the 40 images"):
+        trainer.mean_reward(toy["feats"], held[1:], reward=dev)
 
 
 def test_config_errors() -> None:
@@ -155,3 +159,13 @@ def test_reward_reads_words_up_to_endseq(merge_toy: dict) -> None:
     got = reward(np.array([good, cut]), np.array([0, 0]))
     assert got[0] == got[1] > 1.0
     assert tf.is_tensor(tf.constant(got)) and got.dtype == np.float64
+
+
+def test_epoch_reads_each_image_from_its_feature_row(merge_toy: dict) -> None:
+    """Features given as rows of a bigger, reordered matrix train exactly as the aligned ones."""
+    perm = np.random.default_rng(1).permutation(N + 7)[:N]  # image i at row perm[i]
+    shuffled = np.zeros((N + 7, merge_toy["feats"].shape[1]), np.float32)
+    shuffled[perm] = merge_toy["feats"]
+    aligned = _trainer(_fresh(merge_toy)).epoch(merge_toy["feats"], progress=False)
+    by_rows = _trainer(_fresh(merge_toy)).epoch(shuffled, perm, progress=False)
+    assert by_rows.reward == pytest.approx(aligned.reward, abs=1e-9) and by_rows.steps == aligned.steps

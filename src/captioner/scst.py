@@ -247,35 +247,45 @@ class ScstTrainer:
         length = caption_length(ids, self.sampler.end_id).mean()
         return StepResult(float(rewards.mean()), float(base.mean()), float(loss), float(length))
 
-    def epoch(self, features: np.ndarray, progress: bool = True) -> EpochResult:
-        """One pass over all images (row i of `features` is image i of the references), in a
-        shuffled order, `config.batch_size` images per step, with a progress bar."""
+    def epoch(self, features: np.ndarray, rows: np.ndarray | None = None, progress: bool = True) -> EpochResult:
+        """One pass over the references' images in a shuffled order, `config.batch_size` images
+        per step, with a progress bar. Image i's features are row `rows[i]` of `features`
+        (default: row i), so a features file is never copied."""
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
-        order = self._rng.permutation(len(features))
+        n = len(self.reward.refs)
+        rows = np.arange(n) if rows is None else np.asarray(rows)
+        if len(rows) != n:
+            raise ValueError(f"scst: {len(rows)} feature rows for the {n} images of the references")
+        order = self._rng.permutation(n)
         sums = np.zeros(4)
         batches = [order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
         with tqdm(total=len(order), desc="scst", unit="img", disable=not progress) as bar:
-            for rows in batches:
-                res = self.step(features[rows], rows)
-                sums += len(rows) * np.array([res.reward, res.baseline, res.loss, res.length])
-                bar.update(len(rows))
+            for images in batches:
+                res = self.step(features[rows[images]], images)
+                sums += len(images) * np.array([res.reward, res.baseline, res.loss, res.length])
+                bar.update(len(images))
                 bar.set_postfix(reward=f"{res.reward:.3f}", length=f"{res.length:.1f}")
         means = sums / max(len(order), 1)
         return EpochResult(*(float(x) for x in means), len(batches), time.perf_counter() - t0)
 
     def mean_reward(
-        self, features: np.ndarray, images: np.ndarray, greedy: bool = True, batch_size: int = 256,
+        self, features: np.ndarray, rows: np.ndarray | None = None, greedy: bool = True, batch_size: int = 256,
         reward: CaptionReward | None = None,
     ) -> float:
-        """Mean CIDEr-D of the model's greedy (or sampled, `config.samples` per image) captions
-        of images `images`, by the training reward or by `reward` (e.g. the dev references')."""
+        """Mean CIDEr-D of the model's greedy (or sampled, `config.samples` per image) captions of
+        every image of the training reward's references, or of `reward`'s (e.g. the dev
+        references'); image i's features are row `rows[i]` of `features` (default: row i)."""
         reward = reward or self.reward
+        n = len(reward.refs)
+        rows = np.arange(n) if rows is None else np.asarray(rows)
+        if len(rows) != n:
+            raise ValueError(f"scst: {len(rows)} feature rows for the {n} images of the references")
+        k = 1 if greedy else self.config.samples
         out = []
-        for i in range(0, len(features), batch_size):
-            f = np.asarray(features[i : i + batch_size], np.float32)
-            k = 1 if greedy else self.config.samples
+        for i in range(0, n, batch_size):
+            f = np.asarray(features[rows[i : i + batch_size]], np.float32)
             ids = self.sampler.greedy(f)[0] if greedy else self.sampler.sample(f, k)[0]
-            out.append(reward(ids, np.repeat(images[i : i + batch_size], k)))
+            out.append(reward(ids, np.repeat(np.arange(i, i + len(f)), k)))
         return float(np.concatenate(out).mean())
