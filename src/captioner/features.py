@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -161,8 +162,10 @@ def pin_threads(threads: int) -> None:
 
     Float sums split over threads are added in another order with another thread count, so a
     process that must reproduce another's bytes (a Ray worker, where Ray also sets
-    OMP_NUM_THREADS) pins the same count. Once TensorFlow has started, the pools cannot change:
-    then a different count is an error naming the setting, the same count is fine.
+    OMP_NUM_THREADS) pins the same count. Once TensorFlow has started (only in a process that
+    ran TensorFlow before, e.g. a test or a notebook: never in a stage), the pools cannot
+    change: a different count is then reported on stderr and the float sums may differ in the
+    last bits from a process pinned to `threads`.
     """
     import tensorflow as tf
 
@@ -176,10 +179,10 @@ def pin_threads(threads: int) -> None:
         except RuntimeError:
             effective = get() or len(os.sched_getaffinity(0))  # 0: TensorFlow's default, one per CPU
             if effective != threads:
-                raise RuntimeError(
-                    f"TensorFlow already runs with {effective} threads; cannot pin {threads} "
-                    "(the `threads` param) after it started"
-                ) from None
+                print(f"warning: TensorFlow already runs with {effective} threads in this process; "
+                      f"the `threads` param ({threads}) cannot apply, so float sums may differ in the "
+                      "last bits from a process pinned to it", file=sys.stderr)
+                return
 
 
 # ---------------------------------------------------------------- shards of an interrupted run

@@ -3,8 +3,8 @@ pool; each actor loads the backbone once and runs :func:`captioner.features.run_
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,11 +32,24 @@ class _CNN:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from captioner.features import run_batches
 
-        payloads = []
+        metas, blobs = [], []
         for span in batch["paths"]:
-            [result] = run_batches([[Path(p) for p in span]], self.backbone, self.workers, on_error=self.on_error)
-            payloads.append(pickle.dumps(result, protocol=5))
-        return {"index": np.asarray(batch["index"]), "payload": np.array(payloads, dtype=object)}
+            [r] = run_batches([[Path(p) for p in span]], self.backbone, self.workers, on_error=self.on_error)
+            metas.append(json.dumps({"paths": r.paths, "stamps": r.stamps, "problems": r.problems,
+                                     "notes": r.notes, "shape": list(r.features.shape)}))
+            blobs.append(np.ascontiguousarray(r.features, np.float32).tobytes())
+        return {"index": np.asarray(batch["index"]), "meta": np.array(metas, dtype=object),
+                "features": np.array(blobs, dtype=object)}
+
+
+def _result(row: dict) -> BatchResult:
+    """A batch's BatchResult from its row (JSON and raw float32 bytes: nothing is unpickled)."""
+    from captioner.features import BatchResult
+
+    meta = json.loads(row["meta"])
+    features = np.frombuffer(row["features"], np.float32).reshape(meta["shape"]).copy()
+    return BatchResult(meta["paths"], [tuple(s) for s in meta["stamps"]], features, meta["problems"],
+                       [tuple(n) for n in meta["notes"]])
 
 
 class FeatureRunner:
@@ -65,6 +78,6 @@ class FeatureRunner:
             if int(row["index"]) != expected:  # preserve_order is the contract; never write out of order
                 raise RuntimeError(f"features.engine=ray: batch {row['index']} arrived, expected {expected}")
             expected += 1
-            yield pickle.loads(row["payload"])
+            yield _result(row)
         if expected != len(spans):
             raise RuntimeError(f"features.engine=ray: {expected} of {len(spans)} batches came back")
