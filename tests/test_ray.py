@@ -224,6 +224,29 @@ def test_ensemble_ray_equals_local(tmp_path: Path, ray_address: str) -> None:
 # ---------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow
+def test_evaluate_ray_shards_caption_like_one_process(tmp_path: Path, toy: dict, ray_address: str) -> None:
+    """The toy colour model writes a different caption per colour: shards decoded by Ray tasks,
+    put back together, give every image its own caption and score, as one process does."""
+    from captioner.engines.captioning import decode_captions
+    from captioner.io import write_json
+    from captioner.text import save_vocabulary
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    toy["model"].save(model_dir / "model.keras")
+    save_vocabulary(model_dir / "vocab.json", toy["vocab"])
+    write_json(model_dir / "meta.json", {"members": ["model.keras"], "kind": "merge"})
+    feats = toy["feats"][:40]
+    decode = {"beam_width": 2, "max_length": 8, "length_penalty": 0.0, "block_repeat_ngram": 0}
+    local = decode_captions("local", model_dir, feats, THREADS, 0, 6, decode)
+    ray_ = decode_captions("ray", model_dir, feats, THREADS, 3, 6, decode)
+    words = [c.words for c in local]
+    assert len({" ".join(w) for w in words}) >= 3  # captions differ between images: order matters
+    assert [c.words for c in ray_] == words
+    np.testing.assert_allclose([c.logprob for c in ray_], [c.logprob for c in local], rtol=1e-5)
+
+
 def test_decoding_shards_hold_whole_batches() -> None:
     from captioner.engines.ray_decode import shard_bounds
 
@@ -257,6 +280,9 @@ def test_dvc_repro_with_ray_engines_matches_local(tmp_path: Path, ray_address: s
 
     local_features = lock_outs("extract_features")
     local_metrics = json.loads((project / "metrics/eval.json").read_text())
+    import pandas as pd
+
+    local_captions = pd.read_parquet(project / "data/eval/captions.parquet")
     local_model = project / "data/model"
     local_weights = {f.name: f.read_bytes() for f in local_model.glob("*.keras")}
     assert len(local_weights) == 2
@@ -269,3 +295,6 @@ def test_dvc_repro_with_ray_engines_matches_local(tmp_path: Path, ray_address: s
     assert run_info["engine"] == "ray"
     assert lock_outs("extract_features") == local_features  # same file hash: the cache is shared
     assert json.loads((project / "metrics/eval.json").read_text()) == local_metrics
+    import pandas as pd
+
+    assert pd.read_parquet(project / "data/eval/captions.parquet").equals(local_captions)
