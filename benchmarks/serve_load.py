@@ -133,7 +133,9 @@ class MemoryWatch:
 
 async def _load(url: str, good: list[bytes], bad: dict[str, bytes], clients: int, seconds: float,
                 max_requests: int) -> tuple[list[tuple[str, int, str, float]], float]:
-    """(kind, status, error kind, seconds) per request, and the wall time of the run."""
+    """(kind, status, error kind, seconds) per request, and the wall time of the run. One request
+    in five is a bad upload, of each kind in turn; the run lasts `seconds`, but at least until
+    every bad kind was sent once (and never past `max_requests`)."""
     import httpx
 
     results: list[tuple[str, int, str, float]] = []
@@ -142,7 +144,7 @@ async def _load(url: str, good: list[bytes], bad: dict[str, bytes], clients: int
 
     async def client(c: httpx.AsyncClient) -> None:
         for i in counter:
-            if time.perf_counter() > deadline:
+            if time.perf_counter() > deadline and i >= 5 * len(BAD_KINDS):  # every bad kind sent once
                 return
             kind = "good" if i % 5 else BAD_KINDS[(i // 5) % len(BAD_KINDS)]
             body = good[i % len(good)] if kind == "good" else bad[kind]
