@@ -281,7 +281,7 @@ def test_extract_features_stage_skips_reports_and_enforces_the_threshold(
 
     def params(max_bad: float) -> SimpleNamespace:
         feat = SimpleNamespace(backbone="tiny", weights="none", batch_size=4, workers=1, max_bad_images=max_bad,
-                               spatial="pooled", dtype="float32")
+                               spatial="pooled", dtype="float32", engine="local", threads=2, actors=0)
         return SimpleNamespace(data=DataParams(root="f8k"), features=feat)
 
     # 2 of 9 unreadable > 10%: one line naming the report, which lists them; shards kept.

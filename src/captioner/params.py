@@ -58,7 +58,7 @@ class TextParams(_Section):
 class FeaturesParams(_Section):
     """The pre-trained CNN that turns an image into a feature vector."""
 
-    backbone: Literal["efficientnet_lite0", "vgg16"] = "efficientnet_lite0"
+    backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16"] = "efficientnet_lite0"
     weights: str = "imagenet"  # imagenet | none | path to a local weights file (vgg16)
     batch_size: int = Field(32, gt=0)
     workers: int = Field(2, gt=0)
@@ -148,11 +148,11 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
-        if self.features.backbone == "efficientnet_lite0" and self.features.weights not in (
+        if self.features.backbone.startswith("efficientnet_lite") and self.features.weights not in (
             "imagenet",
             "none",
         ):
-            raise ValueError("features.weights: efficientnet_lite0 takes 'imagenet' or 'none'")
+            raise ValueError(f"features.weights: {self.features.backbone} takes 'imagenet' or 'none'")
         if self.model.kind == "attention" and self.features.spatial != "grid":
             raise ValueError("model.kind: 'attention' needs region features: set features.spatial: grid")
         if self.train.merge_members and (self.model.kind != "attention" or self.train.merge_members >= self.train.ensemble):
