@@ -36,9 +36,12 @@ repro: $(STAMP) git-ready
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-## The test suite (tiny configs; well under 10 minutes on 2 cores).
+## The test suite (tiny configs) in 2 pytest-xdist workers: most of its time is end-to-end DVC
+## runs that wait on process start-up and I/O, so two at once use the 2 cores better.
+## End-to-end tests start first (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 ## Real Flickr8k: the MODEL (merge | attention) preset as a tracked experiment on DATA, scored
 ## on SPLIT and packaged in data/release (target `package`: the generated scenes are not needed).

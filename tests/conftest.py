@@ -26,6 +26,12 @@ def require(available: bool, what: str) -> None:
         pytest.skip(f"{what} is missing")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end (`slow`) tests first, so that `make test`'s two xdist workers start on the
+    long ones and finish together; the order within each kind is kept."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def fit_toy(model: keras.Model, ids: np.ndarray, feats: np.ndarray, epochs: int, label_smoothing: float = 0.0):
     """Compile and fit a toy model on all rows (validated on the same rows), as the train stage does."""
     compile_model(model, 1e-2, label_smoothing)

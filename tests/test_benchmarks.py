@@ -29,6 +29,7 @@ def args(root: Path, name: str, *extra: str) -> list[str]:
             "--cache", str(root / "cache"), "--weights", "none", *extra]
 
 
+@pytest.mark.slow
 def test_quick_benchmarks_write_their_parts_and_merge(bench_dir: Path) -> None:
     parts = {
         "scaling": scaling.main(args(bench_dir, "scaling", "--plot", str(bench_dir / "scaling.png"))),

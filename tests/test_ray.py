@@ -28,6 +28,7 @@ from PIL import Image
 from captioner.params import update_params_file
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker runs them all: one Ray cluster
 THREADS = 2  # TensorFlow threads pinned in both engines; the cluster has 2 CPUs
 
 

@@ -297,6 +297,7 @@ def test_demo_page_in_a_real_browser(served, attention_served, release, tmp_path
     assert (shots / "demo-merge.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_serve_load_benchmark_quick(tmp_path: Path) -> None:
     """benchmarks/serve_load.py --quick: the keys make bench needs, no 5xx, every bad upload a 4xx."""
     from benchmarks import serve_load
