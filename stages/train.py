@@ -33,7 +33,7 @@ from captioner.model import build_attention_model, build_merge_model
 from captioner.params import load_params
 from captioner.sequences import drop_without_features, load_sequences
 from captioner.text import load_vocabulary, save_vocabulary
-from captioner.params import ModelParams
+from captioner.params import ModelParams, TrainParams
 from captioner.training import MemberJob, TrainData
 
 
@@ -48,6 +48,27 @@ def build(kind: str, mp: ModelParams, vocab_size: int, dim: int, grid: bool, reg
         vocab_size, regions, channels, mp.embedding_dim, mp.units,
         mp.attention_dim, mp.dropout, mp.attention_reg, mp.region_dropout,
     )
+
+
+def self_critical(text: str, tp: TrainParams, models: list, features, feat_ids, vocab) -> list[dict]:
+    """`train.scst_epochs` of self-critical training (captioner.scst) on every member, in place;
+    each keeps its best dev CIDEr-D epoch. Returns the members' histories (for run.json)."""
+    import pandas as pd
+
+    from captioner.scst import ScstConfig, finetune, references_by_row
+
+    refs = {}
+    for split in ("train", "dev"):
+        table = pd.read_parquet(Path(text) / f"{split}.parquet", columns=["image_id", "caption_no", "caption"])
+        table = table.sort_values(["image_id", "caption_no"])
+        refs[split] = references_by_row(table["image_id"].astype(str).tolist(), table["caption"].tolist(), feat_ids)
+    config = ScstConfig(tp.scst_samples, tp.scst_max_length, tp.scst_baseline, tp.scst_learning_rate,
+                        tp.scst_batch_size, tp.seed)
+    print(f"train: self-critical training, {tp.scst_epochs} epoch(s) x {len(models)} model(s), "
+          f"{tp.scst_samples} samples per image, baseline {tp.scst_baseline}, "
+          f"{len(refs['train'][0])} train / {len(refs['dev'][0])} dev images")
+    return finetune(models, features, refs["train"], refs["dev"], vocab, config, tp.scst_epochs,
+                    progress=sys.stdout.isatty())
 
 
 def main() -> None:
@@ -111,6 +132,7 @@ def main() -> None:
         )
         models, results = [m for m, _ in trained], [r for _, r in trained]
         seconds = time.perf_counter() - start
+        scst = self_critical(args.text, tp, models, features, feat_ids, vocab) if tp.scst_epochs else None
         result = results[0]
         epochs_run = sum(r.epochs_run for r in results)
         write_json(live_dir / "metrics.json", best_epoch_summary(result.history, result.best_epoch))
@@ -119,6 +141,7 @@ def main() -> None:
             "train_words_per_s": round(n_words * epochs_run / seconds, 1),
             "members_best_epoch": [r.best_epoch for r in results],
             "members_best_val_loss": [round(r.best_val_loss, 5) for r in results],
+            **({"scst": scst, "scst_seconds": round(time.perf_counter() - start - seconds, 1)} if scst else {}),
         })
 
         members = ["model.keras"] + [f"model_{i}.keras" for i in range(1, len(models))]

@@ -100,8 +100,15 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     set_params(project, {"evaluate": {"beam_width": 1}})
     assert ran_stages(run(["dvc", "repro"], project)) == {"evaluate", "package"}
 
+    # Self-critical training: train reruns (not the CNN), every member gets an SCST history.
+    set_params(project, {"train": {"scst_epochs": 1, "scst_samples": 2, "scst_max_length": 6}})
+    assert ran_stages(run(["dvc", "repro"], project)) == {"train", "evaluate", "package"}
+    scst = json.loads((project / "metrics/train/run.json").read_text())["scst"]
+    assert [h["member"] for h in scst] == [0, 1] and [e["epoch"] for e in scst[0]["epochs"]] == [0, 1]
+    assert scst[0]["epochs"][1]["reward"] >= 0.0 and scst[0]["best_epoch"] in (0, 1)
+
     # A text param: the CNN features are reused.
-    set_params(project, {"text": {"min_count": 2}})
+    set_params(project, {"text": {"min_count": 2}, "train": {"scst_epochs": 0}})
     out = run(["dvc", "repro"], project)
     assert "extract_features" not in ran_stages(out)
     assert {"clean_text", "build_sequences", "train", "evaluate"} <= ran_stages(out)

@@ -169,3 +169,30 @@ def test_epoch_reads_each_image_from_its_feature_row(merge_toy: dict) -> None:
     aligned = _trainer(_fresh(merge_toy)).epoch(merge_toy["feats"], progress=False)
     by_rows = _trainer(_fresh(merge_toy)).epoch(shuffled, perm, progress=False)
     assert by_rows.reward == pytest.approx(aligned.reward, abs=1e-9) and by_rows.steps == aligned.steps
+
+
+def test_finetune_keeps_each_members_best_dev_epoch(merge_toy: dict) -> None:
+    """`finetune` on a 2-member ensemble: a history per member, epoch 0 = the cross-entropy
+    model, and each member ends with the weights of its best dev CIDEr-D epoch: with a learning
+    rate this large, later epochs get worse, so keeping the last epoch fails this test."""
+    from captioner.scst import finetune, references_by_row
+
+    members = [_fresh(merge_toy)["model"] for _ in range(2)]
+    ids = [f"img{i}" for i in range(N)]
+    refs, rows = references_by_row(
+        [i for i in ids for _ in POOL], [f"{START} {' '.join(r)} {END}" for rs in merge_toy["refs"] for r in rs],
+        list(reversed(ids)))  # feature rows need not be in image order
+    feats = merge_toy["feats"][::-1]
+    assert refs == merge_toy["refs"] and rows.tolist() == list(range(N - 1, -1, -1))
+    train, dev = (refs[:160], rows[:160]), (refs[160:], rows[160:])
+    config = ScstConfig(samples=4, max_length=8, learning_rate=0.3, batch_size=32, seed=0)
+    histories = finetune(members, feats, train, dev, merge_toy["vocab"], config, epochs=3, progress=False,
+                         log=lambda _: None)
+    assert [h["member"] for h in histories] == [0, 1]
+    dev_reward = CaptionReward(CiderD(dev[0]), dev[0], merge_toy["vocab"])
+    for model, h in zip(members, histories):
+        scores = [e["dev_cider"] for e in h["epochs"]]
+        assert [e["epoch"] for e in h["epochs"]] == [0, 1, 2, 3] and h["best_epoch"] == int(np.argmax(scores))
+        trainer = ScstTrainer(model, merge_toy["vocab"], dev_reward, config)
+        assert trainer.mean_reward(feats, dev[1]) == pytest.approx(max(scores), abs=1e-4)  # the best weights
+    assert any(h["epochs"][-1]["dev_cider"] < h["best_dev_cider"] for h in histories)  # restoring mattered

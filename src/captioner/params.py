@@ -115,6 +115,13 @@ class TrainParams(_Section):
     # when there are several, else one device; N > 1 = N GPUs (or N logical CPUs in tests);
     # batch_size is per device, so the global batch is batch_size x devices
     devices: int = Field(0, ge=0)
+    # self-critical training (captioner.scst) after cross-entropy, toward CIDEr-D; 0 epochs = off
+    scst_epochs: int = Field(0, ge=0)
+    scst_samples: int = Field(5, ge=1)  # captions sampled per image
+    scst_baseline: Literal["mean", "greedy"] = "mean"  # other samples' mean (Luo 2020) | greedy caption (Rennie 2017)
+    scst_learning_rate: float = Field(5e-5, gt=0)
+    scst_batch_size: int = Field(32, gt=0)  # images per step (x scst_samples captions)
+    scst_max_length: int = Field(20, ge=1)  # words sampled at most
 
 
 class EvaluateParams(_Section):
@@ -153,6 +160,8 @@ class Params(_Section):
             "none",
         ):
             raise ValueError(f"features.weights: {self.features.backbone} takes 'imagenet' or 'none'")
+        if self.train.scst_baseline == "mean" and self.train.scst_samples < 2:
+            raise ValueError("train.scst_samples: the 'mean' baseline needs at least 2 samples per image")
         if self.model.kind == "attention" and self.features.spatial != "grid":
             raise ValueError("model.kind: 'attention' needs region features: set features.spatial: grid")
         if self.train.merge_members and (self.model.kind != "attention" or self.train.merge_members >= self.train.ensemble):

@@ -289,3 +289,60 @@ class ScstTrainer:
             ids = self.sampler.greedy(f)[0] if greedy else self.sampler.sample(f, k)[0]
             out.append(reward(ids, np.repeat(np.arange(i, i + len(f)), k)))
         return float(np.concatenate(out).mean())
+
+
+def references_by_row(
+    image_ids: Sequence[str], captions: Sequence[str], feature_ids: Sequence[str]
+) -> tuple[list[list[list[str]]], np.ndarray]:
+    """Group a split's wrapped captions (`startseq ... endseq`, one per `image_ids` entry, in
+    caption order) by image: (references of each image with features, its feature row)."""
+    from captioner.text import unwrap
+
+    where = {str(img): i for i, img in enumerate(feature_ids)}
+    refs: dict[str, list[list[str]]] = {}
+    for img, caption in zip(image_ids, captions):
+        if str(img) in where:
+            refs.setdefault(str(img), []).append(unwrap(str(caption).split()))
+    return list(refs.values()), np.array([where[i] for i in refs], np.int64)
+
+
+def finetune(
+    models: Sequence[keras.Model],
+    features: np.ndarray,
+    train: tuple[Sequence[Sequence[Sequence[str]]], np.ndarray],
+    dev: tuple[Sequence[Sequence[Sequence[str]]], np.ndarray],
+    vocab: Vocabulary,
+    config: ScstConfig,
+    epochs: int,
+    progress: bool = True,
+    log=print,
+) -> list[dict]:
+    """SCST for `epochs` epochs on every model (an ensemble member by member, seed + member),
+    each in place; keeps each member's epoch with the best dev CIDEr-D of its greedy captions
+    (epoch 0: the cross-entropy model). `train` / `dev`: (references of each image, its row in
+    `features`). Rewards use the train references' document frequencies; the dev CIDEr-D the
+    dev references' (as pycocoevalcap). Returns each member's history."""
+    from dataclasses import replace
+
+    train_reward = CaptionReward(CiderD(train[0]), train[0], vocab)
+    dev_reward = CaptionReward(CiderD(dev[0]), dev[0], vocab)
+    out = []
+    for m, model in enumerate(models):
+        trainer = ScstTrainer(model, vocab, train_reward, replace(config, seed=config.seed + m))
+        best = trainer.mean_reward(features, dev[1], reward=dev_reward)
+        weights, best_epoch = model.get_weights(), 0
+        history: list[dict] = [{"epoch": 0, "dev_cider": round(best, 5)}]
+        log(f"scst: member {m}: dev CIDEr-D {best:.4f} after cross-entropy")
+        for epoch in range(1, epochs + 1):
+            r = trainer.epoch(features, train[1], progress)
+            dev_cider = trainer.mean_reward(features, dev[1], reward=dev_reward)
+            history.append({"epoch": epoch, "reward": round(r.reward, 5), "baseline": round(r.baseline, 5),
+                            "length": round(r.length, 3), "seconds": round(r.seconds, 1),
+                            "dev_cider": round(dev_cider, 5)})
+            log(f"scst: member {m} epoch {epoch}/{epochs}: train reward {r.reward:.4f}, sampled length "
+                f"{r.length:.1f}, dev CIDEr-D {dev_cider:.4f} ({r.seconds:.0f} s)")
+            if dev_cider > best:
+                best, weights, best_epoch = dev_cider, model.get_weights(), epoch
+        model.set_weights(weights)
+        out.append({"member": m, "best_epoch": best_epoch, "best_dev_cider": round(best, 5), "epochs": history})
+    return out
