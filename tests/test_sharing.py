@@ -53,7 +53,8 @@ def run_queue(project: Path, timeout: float = 180.0) -> None:
 
 def caption(model: Path, image: Path, cwd: Path) -> dict:
     """`captioner caption IMAGE --model DIR --json`: one JSON line."""
-    return json.loads(run(["captioner", "caption", str(image), "--model", str(model), "--json"], cwd).splitlines()[-1])
+    out = run(["captioner", "caption", str(image), "--model", str(model), "--json"], cwd)  # stdout + stderr
+    return json.loads([line for line in out.splitlines() if line.startswith('{"image"')][-1])
 
 
 def check_release(folder: Path, weights: list[np.ndarray], decoding: dict) -> None:
