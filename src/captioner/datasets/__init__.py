@@ -9,28 +9,28 @@ from pathlib import Path
 from captioner.datasets.common import DEFAULT_MAX_BAD_FRACTION, SPLITS, Dataset
 from captioner.datasets.flickr8k import TOKEN_FILE, load_flickr8k
 from captioner.datasets.kaggle import CAPTIONS_FILE, load_kaggle
-from captioner.datasets.karpathy import JSON_FILE, load_karpathy
+from captioner.datasets.karpathy import JSON_FILES, load_karpathy
 
 __all__ = ["LAYOUTS", "SPLITS", "Dataset", "detect_layout", "load_dataset"]
 
-# Layout name -> the file that identifies it, in detection order.
-LAYOUT_MARKERS: Mapping[str, str] = {
-    "flickr8k": TOKEN_FILE,
-    "karpathy": JSON_FILE,
-    "kaggle": CAPTIONS_FILE,
+# Layout name -> the files that identify it (any one of them), in detection order.
+LAYOUT_MARKERS: Mapping[str, tuple[str, ...]] = {
+    "flickr8k": (TOKEN_FILE,),
+    "karpathy": JSON_FILES,  # Karpathy's Flickr8k, Flickr30k or COCO split file
+    "kaggle": (CAPTIONS_FILE,),
 }
 LAYOUTS: tuple[str, ...] = (*LAYOUT_MARKERS, "auto")
 
 
-def detect_layout(root: Path, markers: Mapping[str, str] = LAYOUT_MARKERS) -> str:
-    """First layout whose marker file is in `root`; error listing what was looked for."""
+def detect_layout(root: Path, markers: Mapping[str, tuple[str, ...]] = LAYOUT_MARKERS) -> str:
+    """First layout with a marker file in `root`; error listing what was looked for."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data set directory does not exist")
-    for layout, marker in markers.items():
-        if (root / marker).is_file():
+    for layout, files in markers.items():
+        if any((root / f).is_file() for f in files):
             return layout
-    looked = ", ".join(f"{m} ({layout})" for layout, m in markers.items())
+    looked = ", ".join(f"{' or '.join(files)} ({layout})" for layout, files in markers.items())
     raise FileNotFoundError(f"{root}: cannot tell the data set layout; looked for {looked}")
 
 

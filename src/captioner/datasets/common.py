@@ -28,7 +28,7 @@ class Dataset:
     captions: image_id, split, caption_no, caption (raw text), one row per kept caption.
     images: image_id, split, path (absolute), one row per image in a split, on disk, captioned.
     report: what was read, what was ignored or repaired and why (see `ProblemReport.as_dict`).
-    layout: "flickr8k", "kaggle" or "karpathy".
+    layout: "flickr8k", "kaggle" or "karpathy" (Karpathy's Flickr8k, Flickr30k or COCO file).
     """
 
     captions: pd.DataFrame
@@ -215,14 +215,20 @@ def assemble(
     report: ProblemReport,
     info: Mapping[str, Any],
     captions_per_image: int = CAPTIONS_PER_IMAGE,
+    *,
+    on_disk: Mapping[str, str] | None = None,
+    wanted: Mapping[str, str] | None = None,
 ) -> Dataset:
     """Keep captions of images that are in a split and on disk; build the two tables + report.
 
     Captions of images in no split, split images missing on disk and split images without
     any caption are counted (and exemplified) in the report; nothing left is an error.
     Images with more than `captions_per_image` captions keep them all and are noted.
+    `on_disk` (image id -> path relative to `image_dir`) defaults to the image files directly
+    in `image_dir`; `wanted` (image id -> where it was looked for) details missing images.
     """
-    on_disk = files_on_disk(image_dir)
+    on_disk = files_on_disk(image_dir) if on_disk is None else on_disk
+    wanted = wanted or {}
     image_dir = image_dir.resolve()
     captioned = {c.image_id for c in captions}
 
@@ -242,7 +248,7 @@ def assemble(
         report.ignore("image_in_no_split", image_id)
     for image_id, split in sorted(split_of.items()):
         if image_id not in on_disk:
-            report.ignore("split_image_missing_on_disk", f"{split}: {image_id}")
+            report.ignore("split_image_missing_on_disk", f"{split}: {image_id}", wanted.get(image_id, ""))
         elif image_id not in captioned:
             report.ignore("split_image_without_captions", f"{split}: {image_id}")
 
