@@ -34,7 +34,8 @@ from captioner.evaluation import (
     split_human_ceiling,
     train_caption_set,
 )
-from captioner.features import read_features, report_path
+from captioner.feature_file import FeatureFile
+from captioner.features import report_path
 from captioner.gallery import bleu_rows, coco_rows, image_paths, write_gallery
 from captioner.io import atomic_path, exit_on_sigterm, read_json, reported_errors, write_json
 from captioner.params import EvaluateParams, load_params
@@ -73,8 +74,8 @@ def evaluate(args: argparse.Namespace, p: EvaluateParams, scorer: CocoScorer) ->
     human = read_json(args.human) if args.human else None
     if human is not None and human.get("split") != p.split:
         raise ValueError(f"{args.human}: the human ceiling of split {human.get('split')!r}, not {p.split!r}")
-    feat_ids, features, _ = read_features(args.features)
-    image_ids, feats, missing = scored_features(refs, feat_ids, features)
+    features = FeatureFile.open(args.features)  # only the split's rows are read
+    image_ids, feats, missing = scored_features(refs, features.ids, features)
     if missing:
         print(f"evaluate: {len(missing)} {p.split} image(s) have no features and are not scored "
               f"(unreadable, see {report_path(args.features)}), e.g. {missing[:3]}", file=sys.stderr)

@@ -27,6 +27,7 @@ import keras
 
 from captioner.curves import CurveLogger, best_epoch_summary
 from captioner.engines.ensemble import train_members
+from captioner.feature_file import FeatureFile
 from captioner.features import read_features, report_path
 from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
 from captioner.model import build_attention_model, build_merge_model
@@ -34,7 +35,8 @@ from captioner.params import load_params
 from captioner.sequences import drop_without_features, load_sequences
 from captioner.text import load_vocabulary, save_vocabulary
 from captioner.params import ModelParams, TrainParams
-from captioner.training import MemberJob, TrainData
+from captioner.streaming import batch_count
+from captioner.training import MemberJob, TrainData, caption_lengths
 
 
 def build(kind: str, mp: ModelParams, vocab_size: int, dim: int, grid: bool, regions: int, channels: int) -> keras.Model:
@@ -84,7 +86,8 @@ def main() -> None:
     mp, tp = params.model, params.train
 
     vocab = load_vocabulary(Path(args.text) / "vocab.json")
-    feat_ids, features, meta = read_features(args.features)
+    features = FeatureFile.open(args.features)  # streamed in windows of row groups, never read whole
+    feat_ids, meta = list(features.ids), features.meta
     seqs, rows = {}, {}
     for s in ("train", "dev"):
         path = Path(args.sequences) / f"{s}.npz"
@@ -106,19 +109,24 @@ def main() -> None:
 
     train_ids, dev_ids = seqs["train"][0], seqs["dev"][0]
     n_words = int((train_ids[:, 1:] != 0).sum())
-    shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.shape[1]}-d"
+    if tp.max_batches:  # capped epochs: the expected words of max_batches batches in shuffled order
+        n_words = round(n_words * min(1.0, tp.max_batches / batch_count(caption_lengths(train_ids), tp.batch_size,
+                                                                         tp.bucket_width)))
+    shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.dim}-d"
     print(f"train: {mp.kind} model, {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
-          f"{shape} {meta.get('backbone')} features ({features.dtype}), {tp.ensemble} model(s): {', '.join(kinds)}; "
+          f"{shape} {meta.get('backbone')} features ({features.dtype}, {len(features)} images, "
+          f"{features.groups} row groups streamed in windows of {tp.feature_window_mb:g} MB), {tp.ensemble} model(s): {', '.join(kinds)}; "
           f"precision {tp.precision}; engine {tp.engine}, {tp.threads} TensorFlow thread(s)"
           + (f", {tp.devices} devices" if tp.devices else ""))
     data = TrainData(train_ids, rows["train"], dev_ids, rows["dev"], features)
     jobs = [  # member i trains with seed + i; curves of member 0
         MemberJob(
             member=m, seed=tp.seed + m,
-            build=functools.partial(build, kinds[m], mp, len(vocab), int(features.shape[1]), grid, regions, channels),
+            build=functools.partial(build, kinds[m], mp, len(vocab), features.dim, grid, regions, channels),
             precision=tp.precision, learning_rate=tp.learning_rate, label_smoothing=tp.label_smoothing,
             batch_size=tp.batch_size, bucket_width=tp.bucket_width, epochs=tp.epochs, patience=tp.patience,
             lr_factor=tp.lr_factor, lr_patience=tp.lr_patience, devices=tp.devices,
+            window_mb=tp.feature_window_mb, max_batches=tp.max_batches,
         )
         for m in range(tp.ensemble)
     ]
@@ -132,7 +140,9 @@ def main() -> None:
         )
         models, results = [m for m, _ in trained], [r for _, r in trained]
         seconds = time.perf_counter() - start
-        scst = self_critical(args.text, tp, models, features, feat_ids, vocab) if tp.scst_epochs else None
+        # Self-critical training samples from every train image each step: features in memory.
+        scst = (self_critical(args.text, tp, models, read_features(args.features)[1], feat_ids, vocab)
+                if tp.scst_epochs else None)
         result = results[0]
         epochs_run = sum(r.epochs_run for r in results)
         write_json(live_dir / "metrics.json", best_epoch_summary(result.history, result.best_epoch))
@@ -152,7 +162,7 @@ def main() -> None:
             save_vocabulary(tmp / "vocab.json", vocab)
             write_json(tmp / "meta.json", {
                 "backbone": meta.get("backbone"), "weights": meta.get("weights"),
-                "feature_dim": int(features.shape[1]), "vocab_size": len(vocab), "members": members,
+                "feature_dim": features.dim, "vocab_size": len(vocab), "members": members,
                 "kind": mp.kind, "member_kinds": kinds, "spatial": "grid" if grid else "pooled",
                 "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
             })

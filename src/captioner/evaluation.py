@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,12 @@ from captioner.cocoeval import CocoScorer, human_ceiling, rounded
 from captioner.metrics import corpus_bleu_scores, sentence_bleu4
 from captioner.sequences import feature_rows
 from captioner.text import unwrap
+
+
+class Rows(Protocol):
+    """What reads feature rows on demand (captioner.feature_file.FeatureFile)."""
+
+    def gather(self, rows: np.ndarray) -> np.ndarray: ...
 
 
 def references_by_image(captions: pd.DataFrame) -> dict[str, list[list[str]]]:
@@ -80,12 +86,15 @@ def score(refs: dict[str, list[list[str]]], image_ids: Sequence[str], hyps: Sequ
 
 
 def scored_features(
-    refs: dict[str, list[list[str]]], feat_ids: Sequence[str], features: np.ndarray
+    refs: dict[str, list[list[str]]], feat_ids: Sequence[str], features: np.ndarray | Rows
 ) -> tuple[list[str], np.ndarray, list[str]]:
-    """(image ids with features, in sorted order; their feature rows; ids without features)."""
+    """(image ids with features, in sorted order; their feature rows; ids without features).
+    From a `captioner.feature_file.FeatureFile`, only the row groups holding them are read."""
     ids = sorted(refs)
     rows, missing = feature_rows(ids, feat_ids)
-    return [i for i, r in zip(ids, rows) if r >= 0], features[rows[rows >= 0]], missing
+    keep = rows[rows >= 0]
+    feats = features[keep] if isinstance(features, np.ndarray) else features.gather(keep)
+    return [i for i, r in zip(ids, rows) if r >= 0], feats, missing
 
 
 def split_human_ceiling(split_table: pd.DataFrame, train_table: pd.DataFrame, scorer: CocoScorer) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from captioner.feature_file import check_schema, feature_matrix, schema_metadata
 from captioner.images import ImageError, read_image
 from captioner.io import atomic_path
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 OnError = Literal["raise", "skip"]
 FEATURE_DTYPES = ("float32", "float16")
-ROW_GROUP_BYTES = 64 << 20  # feature files are written in row groups of about this size
+ROW_GROUP_BYTES = 16 << 20  # row groups of about this size (as float32): the unit of streamed reads
 SHARD_FORMAT = "captioner-feature-shard/1"
 DEFAULT_MAX_EXAMPLES = 20
 
@@ -418,11 +419,14 @@ def write_features(
     features: np.ndarray,
     metadata: dict[str, str | int],
     dtype: str = "float32",
+    row_group_bytes: int | None = None,
 ) -> None:
     """Write ids and (N, D) features as Parquet, atomically; `metadata` must name the ``backbone``.
 
     ``feature_dim`` is added to the schema metadata (and must agree with D if given).
     `dtype`: "float32" or "float16" (half the size; values beyond +-65504 are an error).
+    Row groups hold about `row_group_bytes` (default ROW_GROUP_BYTES) as float32: the unit that
+    training streams (captioner.streaming).
     """
     p = Path(path)
     if dtype not in FEATURE_DTYPES:
@@ -446,7 +450,7 @@ def write_features(
     )
     # Written in row groups of about ROW_GROUP_BYTES, converted one group at a time: memory
     # stays bounded for region grids (a pooled file of Flickr8k is still a single group).
-    rows = max(1, ROW_GROUP_BYTES // (dim * 4))
+    rows = max(1, (row_group_bytes or ROW_GROUP_BYTES) // (dim * 4))
     with atomic_path(p) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for start in range(0, len(feats), rows):
             with np.errstate(over="ignore"):  # checked just below
@@ -471,17 +475,10 @@ def read_features(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, 
         raise FileNotFoundError(f"{p}: feature file not found") from None
     except (pa.ArrowException, OSError) as e:
         raise ValueError(f"{p}: not a readable Parquet feature file ({e})") from e
-    missing = [c for c in ("image_id", "feature") if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{p}: missing column(s) {missing}; found {table.column_names}")
-    ids_col, feat_col = table.column("image_id"), table.column("feature").combine_chunks()
-    ftype = feat_col.type
-    if not (pa.types.is_fixed_size_list(ftype) and ftype.value_type in (pa.float32(), pa.float16())):
-        raise ValueError(f"{p}: column 'feature' is {ftype}, expected fixed_size_list<float32 or float16>")
-    if not pa.types.is_string(ids_col.type):
-        raise ValueError(f"{p}: column 'image_id' is {ids_col.type}, expected string")
-    if ids_col.null_count or feat_col.null_count or feat_col.flatten().null_count:
+    dim = check_schema(p, table.schema)
+    ids_col = table.column("image_id")
+    if ids_col.null_count:
         raise ValueError(f"{p}: null image ids or features")
-    feats = feat_col.flatten().to_numpy(zero_copy_only=False).reshape(len(feat_col), ftype.list_size)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    feats = feature_matrix(table.column("feature"), dim, p)
+    meta = schema_metadata(table.schema)
     return ids_col.to_pylist(), feats, meta

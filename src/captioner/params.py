@@ -115,6 +115,10 @@ class TrainParams(_Section):
     # when there are several, else one device; N > 1 = N GPUs (or N logical CPUs in tests);
     # batch_size is per device, so the global batch is batch_size x devices
     devices: int = Field(0, ge=0)
+    # features are streamed from the Parquet file in windows of row groups of about this many MB
+    # (two in memory: one in use, the next being read); memory no longer grows with the data set
+    feature_window_mb: float = Field(512.0, gt=0)
+    max_batches: int = Field(0, ge=0)  # > 0: at most this many train and dev batches per epoch (smoke runs)
     # self-critical training (captioner.scst) after cross-entropy, toward CIDEr-D; 0 epochs = off
     scst_epochs: int = Field(0, ge=0)
     scst_samples: int = Field(5, ge=1)  # captions sampled per image

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from captioner.feature_file import FeatureFile
+
 Batch = tuple[tuple[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -50,13 +52,16 @@ def plan_batches(
     return batches
 
 
-def make_batch(ids: np.ndarray, image_rows: np.ndarray, features: np.ndarray, rows: np.ndarray) -> Batch:
-    """((image features, input ids), target ids) for `rows`, trimmed to their longest caption.
+def trim_batch(ids: np.ndarray, features: np.ndarray) -> Batch:
+    """((features, input ids), target ids) of a batch's caption ids, trimmed to its longest
+    caption. Features stored as float16 are widened to float32 here, one batch at a time."""
+    seq = ids[:, : int(caption_lengths(ids).max())]
+    return (features.astype(np.float32, copy=False), seq[:, :-1]), seq[:, 1:]
 
-    Features stored as float16 are widened to float32 here, one batch at a time."""
-    width = int(caption_lengths(ids[rows]).max())
-    seq = ids[rows, :width]
-    return (features[image_rows[rows]].astype(np.float32, copy=False), seq[:, :-1]), seq[:, 1:]
+
+def make_batch(ids: np.ndarray, image_rows: np.ndarray, features: np.ndarray, rows: np.ndarray) -> Batch:
+    """((image features, input ids), target ids) for `rows`, trimmed to their longest caption."""
+    return trim_batch(ids[rows], features[image_rows[rows]])
 
 
 def make_dataset(
@@ -66,11 +71,15 @@ def make_dataset(
     batch_size: int,
     bucket_width: int,
     seed: int | None,
+    max_batches: int = 0,
 ) -> tf.data.Dataset:
-    """A tf.data pipeline of bucketed batches; reshuffled every epoch when `seed` is given."""
+    """A tf.data pipeline of bucketed batches; reshuffled every epoch when `seed` is given;
+    the first `max_batches` of each epoch's batches when > 0 (smoke runs, benchmarks)."""
     rng = np.random.default_rng(seed) if seed is not None else None
     lengths = caption_lengths(ids)
     n_batches = len(plan_batches(lengths, batch_size, bucket_width, None))
+    if max_batches > 0:
+        n_batches = min(n_batches, max_batches)
     # Epoch k's shuffle is the k-th plan drawn from `rng`, whatever the number of times the
     # generator is started: under a tf.distribute strategy Keras peeks at one batch before
     # fitting, and that abandoned pass must not use up epoch 1's shuffle.
@@ -82,7 +91,7 @@ def make_dataset(
         if epoch not in plans:
             plans.clear()  # earlier epochs are finished
             plans[epoch] = plan_batches(lengths, batch_size, bucket_width, rng)
-        for rows in plans[epoch]:
+        for rows in plans[epoch][:n_batches]:
             yield make_batch(ids, image_rows, features, rows)
         passes["done"] = epoch + 1
 
@@ -268,13 +277,34 @@ def distribution(devices: int) -> tf.distribute.Strategy | None:
 
 @dataclass(frozen=True)
 class TrainData:
-    """Caption ids, their feature rows and the features (train and dev), as `make_dataset` takes them."""
+    """Caption ids and their feature rows (train and dev), and the features: the feature file,
+    streamed in windows (captioner.streaming, what the train stage gives), or an in-memory array."""
 
     train_ids: np.ndarray
     train_rows: np.ndarray
     dev_ids: np.ndarray
     dev_rows: np.ndarray
-    features: np.ndarray
+    features: np.ndarray | FeatureFile
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features.dim if isinstance(self.features, FeatureFile) else int(self.features.shape[1])
+
+    def datasets(self, batch_size: int, bucket_width: int, seed: int, window_mb: float,
+                 max_batches: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        """(train, dev) datasets: train reshuffled every epoch from `seed`, dev in a fixed order."""
+        if isinstance(self.features, FeatureFile):
+            from captioner.streaming import make_streamed_dataset, window_groups
+
+            window = window_groups(self.features, window_mb)
+            return tuple(  # type: ignore[return-value]
+                make_streamed_dataset(self.features, ids, rows, batch_size, bucket_width, window, s, max_batches)
+                for ids, rows, s in ((self.train_ids, self.train_rows, seed), (self.dev_ids, self.dev_rows, None))
+            )
+        return tuple(  # type: ignore[return-value]
+            make_dataset(ids, rows, self.features, batch_size, bucket_width, s, max_batches)
+            for ids, rows, s in ((self.train_ids, self.train_rows, seed), (self.dev_ids, self.dev_rows, None))
+        )
 
 
 @dataclass(frozen=True)
@@ -295,6 +325,8 @@ class MemberJob:
     lr_factor: float = 1.0
     lr_patience: int = 1
     devices: int = 0
+    window_mb: float = 512.0  # streamed features: stored bytes per window of row groups
+    max_batches: int = 0  # > 0: at most this many batches per epoch (smoke runs, benchmarks)
     options: dict = field(default_factory=dict)  # room for engine settings; unused by the fit
 
 
@@ -310,10 +342,8 @@ def train_member(
     with strategy.scope() if strategy else _nothing(), dtype_policy(job.precision):
         model = job.build()
         compile_model(model, job.learning_rate, job.label_smoothing, replicas)
-    train = make_dataset(data.train_ids, data.train_rows, data.features, job.batch_size * replicas,
-                         job.bucket_width, job.seed)
-    dev = make_dataset(data.dev_ids, data.dev_rows, data.features, job.batch_size * replicas,
-                       job.bucket_width, None)
+    train, dev = data.datasets(job.batch_size * replicas, job.bucket_width, job.seed, job.window_mb,
+                               job.max_batches)
     result = fit(model, train, dev, job.epochs, job.patience, callbacks=callbacks, verbose=verbose,
                  lr_factor=job.lr_factor, lr_patience=job.lr_patience)
     if job.precision != "float32":  # saved float32: decoding and the CLI never see bfloat16
