@@ -71,6 +71,10 @@ def test_release_folder_holds_model_files_decoding_and_card(tmp_path: Path) -> N
     assert json.loads((tmp_path / "release/meta.json").read_text())["dataset"] == "scenes"
     assert (tmp_path / "release/model_1.keras").read_text() == "w1"
     assert dataset_name("data/raw/scenes") == "scenes" and dataset_name("../shared/flickr8k") == "flickr8k"
+    for file, name in (("dataset_coco.json", "coco"), ("dataset_flickr30k.json", "flickr30k")):
+        (root := tmp_path / name).mkdir()
+        (root / file).write_text("{}")
+        assert dataset_name(root) == name
 
 
 def test_summary_takes_the_best_epoch_not_the_last() -> None:

@@ -23,6 +23,10 @@ DATASET_TERMS = {
               "`generate_scenes`): a toy for checking the pipeline, not a photo captioner",
     "flickr8k": "Flickr8k (Hodosh et al., 2013): its images are for research use only under the "
                 "data set's terms; a model trained on it inherits that restriction",
+    "flickr30k": "Flickr30k (Young et al., 2014): its images are for non-commercial research use "
+                 "under the data set's terms; a model trained on it inherits that restriction",
+    "coco": "MS COCO (Lin et al., 2014; Karpathy split): annotations CC BY 4.0, images under the "
+            "Flickr terms of use of their owners; check both before any use beyond research",
 }
 
 
@@ -31,7 +35,7 @@ class CardFacts:
     """Everything the card states; metrics and params are nested mappings as in their files."""
 
     name: str
-    dataset: str                      # "scenes" | "flickr8k"
+    dataset: str                      # "scenes" | "flickr8k" | "flickr30k" | "coco"
     data_root: str
     split_images: Mapping[str, int]   # images per split (train, dev, test)
     eval_split: str
@@ -51,7 +55,7 @@ def front_matter(f: CardFacts) -> dict[str, Any]:
                for n in range(1, 5) if f"bleu{n}" in f.metrics]
     results += [{"type": f"coco_{k}", "name": f"coco {k} (pycocoevalcap)", "value": v} for k, v in coco.items()]
     return {
-        "license": "other" if f.dataset == "flickr8k" else "mit",
+        "license": "mit" if f.dataset == "scenes" else "other",
         "library_name": "keras",
         "pipeline_tag": "image-to-text",
         "tags": ["image-captioning", "dvc", f.meta.get("kind", "merge"), f.backbone],

@@ -24,9 +24,17 @@ def decoding_settings(evaluate: Mapping[str, Any]) -> dict[str, int | float]:
             "block_repeat_ngram": int(evaluate["block_repeat_ngram"]), "max_length": int(evaluate["max_length"])}
 
 
+KARPATHY_FILES = {"dataset_coco.json": "coco", "dataset_flickr30k.json": "flickr30k"}
+
+
 def dataset_name(data_root: str | Path) -> str:
-    """"scenes" for the embedded generated set (`data/raw/scenes`), else "flickr8k"."""
-    return "scenes" if Path(data_root).as_posix().rstrip("/").endswith("data/raw/scenes") else "flickr8k"
+    """"scenes" for the embedded generated set (`data/raw/scenes`); "coco" or "flickr30k" for a
+    folder holding that Karpathy split file (and no other); else "flickr8k"."""
+    root = Path(data_root)
+    if root.as_posix().rstrip("/").endswith("data/raw/scenes"):
+        return "scenes"
+    found = [name for file, name in KARPATHY_FILES.items() if (root / file).is_file()]
+    return found[0] if len(found) == 1 and not (root / "dataset_flickr8k.json").is_file() else "flickr8k"
 
 
 def write_release(model_dir: str | Path, out: str | Path, decoding: Mapping[str, Any],
