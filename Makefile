@@ -4,6 +4,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+
+## TensorFlow flavour, chosen at install time: cpu (default; tensorflow-cpu, or tensorflow where
+## PyPI has no tensorflow-cpu wheel) or gpu (tensorflow[and-cuda], Linux). `make install TF=gpu`
+## switches an existing .venv (the lock sync removes the other flavour); later make commands
+## keep the flavour installed (the stamp records it).
+TF_INSTALLED := $(strip $(shell cat $(STAMP) 2>/dev/null))
+TF    ?= $(or $(TF_INSTALLED),cpu)
+LOCK  := requirements/$(TF).lock
+## uv installs the pinned sets (requirements/*.lock, from `make lock`); its own version is pinned here.
+UV_VERSION := 0.13.9
+UV     := $(BIN)/uv
+UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
+LOCK_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -15,15 +28,33 @@ PRESET_merge     := presets/flickr8k.yaml
 PRESET_attention := presets/flickr8k-attention.yaml
 PRESET := $(PRESET_$(MODEL))
 
-.PHONY: install git-ready repro test flickr8k bench compare plots plots-template clean
+.PHONY: install lock git-ready repro test flickr8k bench compare plots plots-template clean FORCE
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
-	touch $(STAMP)
+$(UV_STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	rm -f $(VENV)/.uv-* && touch $@
+
+## The venv holds exactly the lock's packages (uv pip sync removes others), then the project.
+$(STAMP): $(LOCK) pyproject.toml $(UV_STAMP) $(if $(filter $(TF),$(or $(TF_INSTALLED),cpu)),,FORCE)
+	$(UV) pip sync -q --python $(BIN)/python $(LOCK)
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
+	echo $(TF) > $(STAMP)
+
+requirements/%.lock:
+	@echo "make: no $@: TF must be cpu or gpu, not '$(TF)'" >&2; exit 2
+
+FORCE:
 
 install: $(STAMP)
+
+## Rewrite both lock files from pyproject.toml (for all platforms, Python >= 3.11), keeping the
+## pinned versions that still fit; LOCK_ARGS=--upgrade takes the newest. Needs PyPI.
+lock: $(UV_STAMP)
+	$(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --extra cpu --extra test \
+		--custom-compile-command "make lock" $(LOCK_ARGS) -o requirements/cpu.lock
+	$(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --extra gpu --extra test \
+		--custom-compile-command "make lock" $(LOCK_ARGS) -o requirements/gpu.lock
 
 # DVC experiments and dvclive need a git repository with a commit (a fresh clone has one).
 git-ready:

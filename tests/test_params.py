@@ -42,6 +42,7 @@ def test_defaults_when_sections_are_missing(tmp_path) -> None:
         ("features: {dtype: float64}", "features.dtype", "float16"),
         ("model: {kind: transformer}", "model.kind", "attention"),
         ("train: {ensemble: 2, merge_members: 1}", "train.merge_members", "only for model.kind attention"),
+        ("train: {precision: float16}", "train.precision", "'auto', 'float32', 'mixed_bfloat16' or 'mixed_float16'"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text: str, key: str, msg: str) -> None:

@@ -53,7 +53,7 @@ def test_merge_preset_after_an_attention_run_is_the_merge_preset(workspace: Path
     p = apply_preset(committed_params(workspace / "params.yaml"), MERGE, ["data.root=../f8k"])
     assert (p.model.kind, p.features.spatial, p.features.dtype, p.train.merge_members) == \
         ("merge", "pooled", "float32", 0)
-    assert p.train.epochs == 12 and p.train.precision == "mixed_bfloat16" and p.data.root == "../f8k"
+    assert p.train.epochs == 12 and p.train.precision == "auto" and p.data.root == "../f8k"
     # the overrides set every key, so nothing of the workspace's leftovers survives them
     args = overrides(p)
     assert {a.partition("=")[0] for a in args} == set(flatten(Params().model_dump()))
@@ -61,10 +61,10 @@ def test_merge_preset_after_an_attention_run_is_the_merge_preset(workspace: Path
 
 
 def test_attention_preset_does_not_inherit_bfloat16_from_a_merge_run(workspace: Path) -> None:
-    p = apply_preset(committed_params(workspace / "params.yaml"), ATTENTION)
-    assert p.model.kind == "attention" and p.train.precision == "float32" and p.train.epochs == 20
+    p = apply_preset(committed_params(workspace / "params.yaml"), ATTENTION)  # workspace: mixed_bfloat16
+    assert p.model.kind == "attention" and p.train.precision == "auto" and p.train.epochs == 20
     assert describe(p).startswith("4 model(s): attention, attention, merge, merge; features "
-                                  "efficientnet_lite0 7x7 region grid (float16); precision float32")
+                                  "efficientnet_lite0 7x7 region grid (float16); precision auto")
 
 
 def test_cli_prints_arguments_and_what_will_run(workspace: Path, capsys, monkeypatch) -> None:
@@ -115,9 +115,9 @@ def test_make_flickr8k_runs_the_asked_preset_in_either_order(tmp_path: Path) -> 
     meta, out = flickr8k("merge")
     assert meta["member_kinds"] == ["merge"] * 4 and meta["spatial"] == "pooled" and meta["kind"] == "merge"
     assert meta["feature_dim"] == 1280
-    assert "precision mixed_bfloat16" in out and "differs from HEAD" in out
+    assert "precision auto" in out and "differs from HEAD" in out
     params = load_params(project / "params.yaml")  # what the experiment left in the workspace
     assert params.features.dtype == "float32" and params.train.merge_members == 0
     meta, _ = flickr8k("attention")
     assert meta["member_kinds"] == ["attention", "attention", "merge", "merge"] and meta["spatial"] == "grid"
-    assert load_params(project / "params.yaml").train.precision == "float32"
+    assert load_params(project / "params.yaml").train.precision == "auto"

@@ -52,6 +52,9 @@ def require_project_python() -> None:
     """Exit in one line when this Python lacks the project's packages (e.g. `.venv/bin/dvc`
     run from a shell whose `python` is the system one)."""
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if missing == ["tensorflow"]:  # the project without a TensorFlow flavour (pyproject.toml extras)
+        sys.exit(f"{sys.argv[0]}: {sys.executable} has no TensorFlow: `make install` (CPU) or "
+                 "`make install TF=gpu`; with pip, `pip install -e '.[cpu]'` or `'.[gpu]'`")
     if missing:
         sys.exit(f"{sys.argv[0]}: {sys.executable} has no {', '.join(missing)}: activate the project's venv "
                  "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")

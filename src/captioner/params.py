@@ -104,9 +104,11 @@ class TrainParams(_Section):
     ensemble: int = Field(1, ge=1)  # models trained (seeds seed, seed+1, ...); decoding averages them
     merge_members: int = Field(0, ge=0)  # attention only: the last this many members are merge models
     bucket_width: int = Field(4, ge=1)  # captions of similar length share a batch
-    # mixed_bfloat16: layers compute in bfloat16 (variables, loss and saved models stay float32);
-    # about 1.5x faster on CPUs with AVX512_BF16 or AMX, much slower on CPUs without.
-    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    # auto (captioner.precision): mixed_float16 on a GPU, mixed_bfloat16 on a CPU with AVX512_BF16
+    # or AMX, float32 otherwise. Mixed: layers compute in bfloat16/float16 (variables, loss and
+    # saved models stay float32); with those flags bfloat16 trained the Flickr8k presets 1.5x
+    # faster, the small embedded default 0.58x as fast (params.yaml); without them, much slower.
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     # local: members one after another here; ray: members as parallel Ray tasks (one GPU each
     # where the cluster has GPUs, else `threads` CPUs each), same weights for the same seeds
     engine: Literal["local", "ray"] = "local"
