@@ -32,6 +32,7 @@ from captioner.features import read_features, report_path
 from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
 from captioner.model import build_attention_model, build_merge_model
 from captioner.params import load_params
+from captioner.precision import describe_devices, resolve_precision
 from captioner.sequences import drop_without_features, load_sequences
 from captioner.text import load_vocabulary, save_vocabulary
 from captioner.params import ModelParams, TrainParams
@@ -113,17 +114,19 @@ def main() -> None:
         n_words = round(n_words * min(1.0, tp.max_batches / batch_count(caption_lengths(train_ids), tp.batch_size,
                                                                          tp.bucket_width)))
     shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.dim}-d"
+    precision = resolve_precision(tp.precision)  # auto: detected from this machine's GPUs and CPU flags
+    print(f"train: devices: {describe_devices()}")
     print(f"train: {mp.kind} model, {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
           f"{shape} {meta.get('backbone')} features ({features.dtype}, {len(features)} images, "
           f"{features.groups} row groups streamed in windows of {tp.feature_window_mb:g} MB), {tp.ensemble} model(s): {', '.join(kinds)}; "
-          f"precision {tp.precision}; engine {tp.engine}, {tp.threads} TensorFlow thread(s)"
+          f"precision {precision}{' (auto)' if tp.precision == 'auto' else ''}; engine {tp.engine}, {tp.threads} TensorFlow thread(s)"
           + (f", {tp.devices} devices" if tp.devices else ""))
     data = TrainData(train_ids, rows["train"], dev_ids, rows["dev"], features)
     jobs = [  # member i trains with seed + i; curves of member 0
         MemberJob(
             member=m, seed=tp.seed + m,
             build=functools.partial(build, kinds[m], mp, len(vocab), features.dim, grid, regions, channels),
-            precision=tp.precision, learning_rate=tp.learning_rate, label_smoothing=tp.label_smoothing,
+            precision=precision, learning_rate=tp.learning_rate, label_smoothing=tp.label_smoothing,
             batch_size=tp.batch_size, bucket_width=tp.bucket_width, epochs=tp.epochs, patience=tp.patience,
             lr_factor=tp.lr_factor, lr_patience=tp.lr_patience, devices=tp.devices,
             window_mb=tp.feature_window_mb, max_batches=tp.max_batches,
