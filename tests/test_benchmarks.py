@@ -69,3 +69,38 @@ def test_quick_repro_benchmark(bench_dir: Path) -> None:
     s = part["summary"]
     assert s["repro_train_change_s"] > 0 and s["repro_full_s"] > 0
     assert set(part["train_change"]["stages"]) == {"train", "evaluate"}
+
+
+@pytest.mark.slow
+def test_quick_coco_scale_writes_its_keys_and_a_grid_feature_file(bench_dir: Path) -> None:
+    """`coco_scale.py --quick`: a 200-image synthetic Karpathy COCO set through the stages (each
+    its own process); the six coco_* keys are there and the feature file is a float16 grid
+    file of exactly the image ids clean_text produced (kept with --keep)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks import coco_scale
+
+    work = bench_dir / "coco_scale"
+    part = coco_scale.main(args(bench_dir, "coco_scale", "--work", str(work), "--keep"))
+    s = part["summary"]
+    for key in ("coco_feature_file_gb", "coco_train_peak_rss_gb", "coco_train_words_per_s",
+                "coco_eval_peak_rss_gb", "coco_eval_5000_beam3_s", "coco_text_peak_rss_gb"):
+        assert s[key] > 0, key
+    assert s["coco_images"] == 200 and s["coco_vocab_size"] > 1
+    assert json.loads((bench_dir / "parts" / "coco_scale.json").read_text())["summary"] == s
+
+    path = work / "coco" / "data" / "features" / "efficientnet_lite0.parquet"
+    f = pq.ParquetFile(path)
+    assert f.schema_arrow.field("image_id").type == pa.string()
+    assert f.schema_arrow.field("feature").type == pa.list_(pa.float16(), 49 * 1280)
+    meta = {k.decode(): v.decode() for k, v in f.schema_arrow.metadata.items()}
+    assert {k: meta[k] for k in ("backbone", "spatial", "regions", "channels", "feature_dim")} == {
+        "backbone": "efficientnet_lite0", "spatial": "grid", "regions": "49", "channels": "1280",
+        "feature_dim": str(49 * 1280)}
+    images = pd.read_parquet(work / "coco" / "data" / "text" / "images.parquet")
+    ids = pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist()
+    assert sorted(ids) == sorted(images["image_id"]) and len(ids) == 200
+    assert all(i.startswith(("COCO_train2014_", "COCO_val2014_")) for i in ids)
+    assert json.loads((work / "coco" / "raw" / "dataset_coco.json").read_text())["images"][0]["sentences"]
