@@ -97,13 +97,18 @@ class FeatureFile:
 
     def read_groups(self, groups: Sequence[int]) -> np.ndarray:
         """The rows of `groups`, in that order, as one (rows, D) array of the stored dtype."""
-        if len(groups) == 0:
-            return np.empty((0, self.dim), self.dtype)
-        try:
-            table = pq.ParquetFile(self.path).read_row_groups(list(map(int, groups)), columns=["feature"])
-        except (pa.ArrowException, OSError) as e:
-            raise ValueError(f"{self.path}: cannot read row groups {list(groups)[:5]}... ({e})") from e
-        return feature_matrix(table.column("feature"), self.dim, self.path)
+        out = np.empty((sum(self.group_rows(g) for g in groups), self.dim), self.dtype)
+        at = 0
+        f = pq.ParquetFile(self.path)
+        for g in groups:  # one group at a time: at most one group's Arrow buffers beside `out`
+            try:
+                column = f.read_row_group(int(g), columns=["feature"]).column("feature")
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{self.path}: cannot read row group {g} ({e})") from e
+            block = feature_matrix(column, self.dim, self.path)
+            out[at : at + len(block)] = block
+            at += len(block)
+        return out
 
     def gather(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Features of `rows` (any order, repeats allowed), reading one row group at a time."""

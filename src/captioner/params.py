@@ -119,7 +119,7 @@ class TrainParams(_Section):
     devices: int = Field(0, ge=0)
     # features are streamed from the Parquet file in windows of row groups of about this many MB
     # (two in memory: one in use, the next being read); memory no longer grows with the data set
-    feature_window_mb: float = Field(512.0, gt=0)
+    feature_window_mb: float = Field(256.0, gt=0)
     max_batches: int = Field(0, ge=0)  # > 0: at most this many train and dev batches per epoch (smoke runs)
     # self-critical training (captioner.scst) after cross-entropy, toward CIDEr-D; 0 epochs = off
     scst_epochs: int = Field(0, ge=0)

@@ -325,7 +325,7 @@ class MemberJob:
     lr_factor: float = 1.0
     lr_patience: int = 1
     devices: int = 0
-    window_mb: float = 512.0  # streamed features: stored bytes per window of row groups
+    window_mb: float = 256.0  # streamed features: stored bytes per window of row groups
     max_batches: int = 0  # > 0: at most this many batches per epoch (smoke runs, benchmarks)
     options: dict = field(default_factory=dict)  # room for engine settings; unused by the fit
 
