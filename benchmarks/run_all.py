@@ -5,7 +5,7 @@
     python benchmarks/run_all.py --only extract,inference             # some figures only
 
 Order: scaling first (its 7,000-image extraction also fills the feature cache that training
-and inference use), then extraction, training vs the seed, inference, the HTTP service under
+and inference use), then extraction, training vs the seed, streamed vs in-memory features, inference, the HTTP service under
 load (serve_load), incremental reruns, and last the COCO-size run (coco_scale, the longest).
 metrics/bench.json: the headline figures at the top level, each script's part under "parts".
 A quick run writes data/bench/bench-quick.json unless --out says otherwise.
@@ -24,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 
-SCRIPTS = ("scaling", "extract", "train_vs_seed", "inference", "serve_load", "repro", "coco_scale")
+SCRIPTS = ("scaling", "extract", "train_vs_seed", "stream", "inference", "serve_load", "repro", "coco_scale")
 REQUIRED = (
     "extract_images_per_s", "extract_fraction_of_raw", "train_words_per_s", "seed_train_words_per_s",
     "train_speedup_vs_seed", "train_peak_rss_gb", "repro_train_change_s", "repro_full_s",
     "greedy_ms_per_image", "beam3_ms_per_image", "eval_1000_beam3_s",
 )
 SERVE_REQUIRED = ("serve_rps", "serve_p50_ms", "serve_p99_ms", "serve_5xx", "serve_bad_4xx_fraction")
+STREAM_REQUIRED = ("stream_vs_memory_words_per_s",)  # stream.py (issue 14)
 COCO_REQUIRED = (  # coco_scale.py (issue 14), last: the longest
     "coco_feature_file_gb", "coco_text_peak_rss_gb", "coco_train_peak_rss_gb", "coco_train_words_per_s",
     "coco_eval_peak_rss_gb", "coco_eval_5000_beam3_s",
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_bench(out, merged)
 
     common.report(f"all figures ({merged['suite_s']:.0f} s; {json.dumps(seconds)})",
-                  {k: merged[k] for k in (*REQUIRED, *SERVE_REQUIRED, *COCO_REQUIRED) if k in merged})
-    missing = [k for k in (*REQUIRED, *SERVE_REQUIRED, *COCO_REQUIRED) if k not in merged]
+                  {k: merged[k] for k in (*REQUIRED, *SERVE_REQUIRED, *STREAM_REQUIRED, *COCO_REQUIRED) if k in merged})
+    missing = [k for k in (*REQUIRED, *SERVE_REQUIRED, *STREAM_REQUIRED, *COCO_REQUIRED) if k not in merged]
     if missing and set(only) == set(SCRIPTS):
         raise SystemExit(f"bench: missing keys {missing}")
     print(f"-> {out}")

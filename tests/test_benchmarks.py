@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import extract, inference, report, repro, run_all, scaling, train_vs_seed
+from benchmarks import extract, inference, report, repro, run_all, scaling, stream, train_vs_seed
 from captioner.datasets.scenes import generate_scenes
 
 
@@ -36,6 +36,7 @@ def test_quick_benchmarks_write_their_parts_and_merge(bench_dir: Path) -> None:
         "extract": extract.main(args(bench_dir, "extract")),
         "train_vs_seed": train_vs_seed.main(args(bench_dir, "train_vs_seed")),
         "inference": inference.main(args(bench_dir, "inference")),
+        "stream": stream.main(args(bench_dir, "stream")),
     }
     for name, part in parts.items():
         assert json.loads((bench_dir / "parts" / f"{name}.json").read_text())["summary"] == part["summary"]
@@ -50,6 +51,9 @@ def test_quick_benchmarks_write_their_parts_and_merge(bench_dir: Path) -> None:
     s = parts["inference"]["summary"]
     assert s["greedy_ms_per_image"] > 0 and s["beam3_ms_per_image"] > 0 and s["eval_1000_beam3_s"] > 0
     assert len(parts["scaling"]["summary"]["scaling_extract_s"]) == 3
+    s = parts["stream"]["summary"]
+    assert s["stream_words_per_s"] > 0 and s["stream_vs_memory_words_per_s"] > 0
+    assert parts["stream"]["data"]["windows"] > 1  # the streamed side really crossed windows
 
     out = bench_dir / "bench.json"
     merged = run_all.merge_parts(out, bench_dir / "parts", list(parts), {}, True, str(bench_dir / "scenes"))
