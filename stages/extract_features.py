@@ -43,7 +43,8 @@ from captioner.features import (
     partial_dir,
     pin_threads,
     report_path,
-    write_features,
+    shard_features,
+    write_feature_blocks,
 )
 from captioner.io import exit_on_sigterm, reported_errors, write_json
 from captioner.params import check_data_root, load_params
@@ -100,9 +101,9 @@ def main() -> None:
           f"engine {feat.engine}, {feat.threads} TensorFlow thread(s)")
     runner = feature_runner(feat.engine, feat.backbone, feat.weights, feat.spatial, feat.threads, feat.workers,
                             feat.actors, on_error="skip")
-    result = extract(
+    result = extract(  # features stay in the shards: memory does not grow with the images
         paths, backbone, batch_size=feat.batch_size, workers=feat.workers, on_error="skip", shards=shards,
-        runner=runner,
+        runner=runner, collect=False,
     )
     if result.resumed:
         print(f"extract_features: resumed an interrupted run: {result.resumed} images read back from {shards}")
@@ -124,10 +125,12 @@ def main() -> None:
     ok = result.ok_mask
     # A pooled file keeps exactly its old metadata; a grid file says how to unflatten it.
     grid = {"spatial": "grid", "regions": backbone.grid[0], "channels": backbone.grid[1]} if backbone.grid else {}
-    write_features(
-        args.out, [i for i, good in zip(ids, ok) if good], result.features if ok.all() else result.features[ok],
-        {"backbone": backbone.name, "weights": feat.weights, "feature_dim": backbone.feature_dim,
-         **grid},
+    batches = -(-len(ids) // feat.batch_size)
+    good_ids = [[i for i, good in zip(ids[s : s + feat.batch_size], ok[s : s + feat.batch_size]) if good]
+                for s in range(0, len(ids), feat.batch_size)]
+    write_feature_blocks(  # shard by shard, a row group at a time
+        args.out, zip(good_ids, shard_features(shards, batches, ok, feat.batch_size)), backbone.feature_dim,
+        {"backbone": backbone.name, "weights": feat.weights, "feature_dim": backbone.feature_dim, **grid},
         dtype=feat.dtype,
     )
     shutil.rmtree(partial, ignore_errors=True)

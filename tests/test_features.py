@@ -101,6 +101,35 @@ def test_skip_mode_reports_bad_images(tmp_path: Path, images: list[Path], tiny_b
     )
 
 
+def test_features_can_stay_in_the_shards_and_be_written_block_by_block(
+    tmp_path: Path, images: list[Path], tiny_backbone: Backbone, monkeypatch
+) -> None:
+    """extract(collect=False) keeps no features in memory; the file written from its shards, a
+    row group at a time, is byte for byte the one written from the collected features."""
+    from captioner import features as features_mod
+    from captioner.features import shard_features, write_feature_blocks
+
+    missing = tmp_path / "missing.jpg"
+    paths = [*images[:3], missing, *images[3:6]]
+    ids = [f"img{i}" for i in range(len(paths))]
+    whole = extract(paths, tiny_backbone, 3, 2, progress=False, on_error="skip")
+    lean = extract(paths, tiny_backbone, 3, 2, progress=False, on_error="skip", shards=tmp_path / "shards",
+                   collect=False)
+    assert lean.features is None and lean.ok_mask.tolist() == whole.ok_mask.tolist()
+    monkeypatch.setattr(features_mod, "ROW_GROUP_BYTES", 2 * 5 * 4)  # 2 rows a group: groups cross batches
+    ok = whole.ok_mask
+    write_features(tmp_path / "a.parquet", [i for i, g in zip(ids, ok) if g], whole.features[ok], {"backbone": "t"})
+    good_ids = [[i for i, g in zip(ids[s : s + 3], ok[s : s + 3]) if g] for s in range(0, len(ids), 3)]
+    write_feature_blocks(tmp_path / "b.parquet", zip(good_ids, shard_features(tmp_path / "shards", 3, ok, 3)), 5,
+                         {"backbone": "t"})
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    with pytest.raises(ValueError, match="give a shards folder"):
+        extract(paths, tiny_backbone, 3, 2, progress=False, on_error="skip", collect=False)
+    with pytest.raises(ValueError, match="b.parquet: duplicate image ids"):
+        write_feature_blocks(tmp_path / "b.parquet", [(["x", "y"], np.zeros((2, 5))), (["x"], np.zeros((1, 5)))],
+                             5, {"backbone": "t"})
+
+
 def test_empty_input_and_bad_arguments(tiny_backbone: Backbone) -> None:
     assert extract_features([], tiny_backbone, 4, 2, progress=False).shape == (0, 5)
     with pytest.raises(ValueError, match="batch_size"):

@@ -23,6 +23,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -73,7 +74,7 @@ class Extraction:
     resumed: how many images were read back from shards of an interrupted run.
     """
 
-    features: np.ndarray
+    features: np.ndarray | None  # None when extracted with collect=False (read the shards back)
     ok_mask: np.ndarray
     errors: list[tuple[str, str]]
     notes: list[tuple[str, str]] = field(default_factory=list)
@@ -269,9 +270,10 @@ def _batch_result(paths: Sequence[Path], decoded: list[Decoded], out: np.ndarray
     )
 
 
-def _assemble(results: Sequence[BatchResult], dim: int, resumed: int) -> Extraction:
-    """Concatenate batch results (in input order) into one Extraction."""
-    features = np.concatenate([r.features for r in results]) if results else np.empty((0, dim), np.float32)
+def _assemble(results: Sequence[BatchResult], dim: int, resumed: int, collect: bool = True) -> Extraction:
+    """Concatenate batch results (in input order) into one Extraction (features only if `collect`)."""
+    features = None if not collect else (
+        np.concatenate([r.features for r in results]) if results else np.empty((0, dim), np.float32))
     problems = [pr for r in results for pr in r.problems]
     paths = [p for r in results for p in r.paths]
     ok = np.array([pr is None for pr in problems], bool)
@@ -290,6 +292,7 @@ def extract(
     prefetch: int = 2,
     shards: str | os.PathLike[str] | None = None,
     runner: Callable[[list[list[Path]]], Iterable[BatchResult]] | None = None,
+    collect: bool = True,
 ) -> Extraction:
     """Extract features of `paths` with `backbone`; on_error="skip" reports bad images instead of raising.
 
@@ -298,17 +301,21 @@ def extract(
     images, unchanged files) are read back instead of recomputed: an interrupted run resumes.
     `runner` (an engine, see captioner.engines) computes the BatchResults of the batches still
     to do, in order, elsewhere; by default :func:`run_batches` computes them here.
+    With ``collect=False`` (needs `shards`) the features stay in the shards only, and memory
+    does not grow with the number of images: :func:`shard_features` reads them back in order.
     """
     paths = [Path(p) for p in paths]
     if batch_size < 1:
         raise ValueError(f"need batch_size >= 1 (got {batch_size})")
+    if not collect and shards is None:
+        raise ValueError("extract(collect=False) keeps the features in shards: give a shards folder")
     spans = [paths[s : s + batch_size] for s in range(0, len(paths), batch_size)]
     folder = Path(shards) if shards is not None else None
     done: dict[int, BatchResult] = {}
     if folder is not None and folder.is_dir():
         for i, span in enumerate(spans):
             if (r := read_shard(shard_path(folder, i), [str(p) for p in span], backbone.feature_dim)) is not None:
-                done[i] = r
+                done[i] = r if collect else _without_features(r)
     resumed = sum(len(r.paths) for r in done.values())
     todo = [i for i in range(len(spans)) if i not in done]
     if runner is None:
@@ -319,11 +326,16 @@ def extract(
         total=len(paths), initial=resumed, unit="img", desc=f"features ({backbone.name})", disable=not progress
     ) as bar:
         for i, result in zip(todo, results, strict=True):
-            done[i] = result
             if folder is not None:
-                write_shard(shard_path(folder, i), done[i])
+                write_shard(shard_path(folder, i), result)
+            done[i] = result if collect else _without_features(result)
             bar.update(len(result.paths))
-    return _assemble([done[i] for i in range(len(spans))], backbone.feature_dim, resumed)
+    return _assemble([done[i] for i in range(len(spans))], backbone.feature_dim, resumed, collect)
+
+
+def _without_features(result: BatchResult) -> BatchResult:
+    """The batch's paths, problems and notes, its features dropped (they are in its shard)."""
+    return dataclasses.replace(result, features=np.empty((len(result.paths), 0), np.float32))
 
 
 def run_batches(
@@ -429,18 +441,30 @@ def write_features(
     training streams (captioner.streaming).
     """
     p = Path(path)
-    if dtype not in FEATURE_DTYPES:
-        raise ValueError(f"{p}: dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     feats = np.asarray(features)
     if feats.ndim != 2 or feats.shape[1] < 1:
         raise ValueError(f"{p}: features must be (N, D) with D >= 1, got shape {feats.shape}")
     if len(image_ids) != len(feats):
         raise ValueError(f"{p}: {len(image_ids)} image ids for {len(feats)} feature rows")
-    if len(set(image_ids)) != len(image_ids):
-        raise ValueError(f"{p}: duplicate image ids")
+    write_feature_blocks(p, [(image_ids, feats)], feats.shape[1], metadata, dtype, row_group_bytes)
+
+
+def write_feature_blocks(
+    path: str | os.PathLike[str],
+    blocks: Iterable[tuple[Sequence[str], np.ndarray]],
+    dim: int,
+    metadata: dict[str, str | int],
+    dtype: str = "float32",
+    row_group_bytes: int | None = None,
+) -> None:
+    """:func:`write_features` from (ids, (n, D) features) blocks, e.g. one per extraction shard:
+    only one row group is held at a time, and the file is byte for byte the one that
+    `write_features` writes from the blocks concatenated."""
+    p = Path(path)
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"{p}: dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     if "backbone" not in metadata:
         raise ValueError(f"{p}: metadata must include 'backbone'")
-    dim = feats.shape[1]
     if "feature_dim" in metadata and int(metadata["feature_dim"]) != dim:
         raise ValueError(f"{p}: metadata feature_dim={metadata['feature_dim']} but features have D={dim}")
     value = pa.float16() if dtype == "float16" else pa.float32()
@@ -448,19 +472,53 @@ def write_features(
         [("image_id", pa.string()), ("feature", pa.list_(value, dim))],
         metadata={**{k: str(v) for k, v in metadata.items()}, "feature_dim": str(dim)},
     )
-    # Written in row groups of about ROW_GROUP_BYTES, converted one group at a time: memory
-    # stays bounded for region grids (a pooled file of Flickr8k is still a single group).
+    # Row groups of about ROW_GROUP_BYTES, converted one group at a time: memory stays bounded.
     rows = max(1, (row_group_bytes or ROW_GROUP_BYTES) // (dim * 4))
+    seen: set[str] = set()
+
+    def groups() -> Iterator[tuple[list[str], np.ndarray]]:
+        ids: list[str] = []
+        parts: list[np.ndarray] = []
+        for block_ids, block in blocks:
+            block = np.asarray(block)
+            if block.ndim != 2 or block.shape[1] != dim:
+                raise ValueError(f"{p}: features must be (N, {dim}), got a block of shape {block.shape}")
+            ids.extend(block_ids)
+            parts.append(block)
+            while len(ids) >= rows:
+                joined = np.concatenate(parts)
+                yield ids[:rows], joined[:rows]
+                ids, parts = ids[rows:], [joined[rows:]]
+        if ids:
+            yield ids, np.concatenate(parts)
+
+    written = 0
     with atomic_path(p) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for start in range(0, len(feats), rows):
+        for ids, group in groups():
+            seen.update(ids)
+            written += len(ids)
+            if len(seen) != written:
+                raise ValueError(f"{p}: duplicate image ids")
             with np.errstate(over="ignore"):  # checked just below
-                chunk = np.ascontiguousarray(feats[start : start + rows], dtype=np.dtype(dtype))
-            if not np.isfinite(chunk).all() and np.isfinite(feats[start : start + rows]).all():
+                chunk = np.ascontiguousarray(group, dtype=np.dtype(dtype))
+            if not np.isfinite(chunk).all() and np.isfinite(group).all():
                 raise ValueError(f"{p}: features exceed the float16 range; store them as float32")
             writer.write_table(pa.table({
-                "image_id": pa.array(list(image_ids[start : start + rows]), pa.string()),
+                "image_id": pa.array(list(ids), pa.string()),
                 "feature": pa.FixedSizeListArray.from_arrays(pa.array(chunk.reshape(-1)), dim),
             }, schema=schema))
+
+
+def shard_features(folder: str | os.PathLike[str], batches: int, ok: Sequence[bool] | np.ndarray,
+                   batch_size: int) -> Iterator[np.ndarray]:
+    """The features of the images that loaded (`ok`), batch by batch, read back from the shards
+    that :func:`extract` wrote into `folder`: one batch in memory at a time."""
+    ok = np.asarray(ok, bool)
+    for i in range(batches):
+        path = shard_path(Path(folder), i)
+        column = pq.read_table(path, columns=["feature"]).column("feature")
+        feats = feature_matrix(column, column.type.list_size, path)  # failed images: NaN rows
+        yield feats[ok[i * batch_size : i * batch_size + len(feats)]]
 
 
 def read_features(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
