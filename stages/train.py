@@ -115,7 +115,7 @@ def main() -> None:
                                                                          tp.bucket_width)))
     shape = f"{meta['regions']} x {meta['channels']}-d" if grid else f"{features.dim}-d"
     precision = resolve_precision(tp.precision)  # auto: detected from this machine's GPUs and CPU flags
-    print(f"train: devices: {describe_devices()}")
+    print(f"train: {describe_devices()}")
     print(f"train: {mp.kind} model, {len(train_ids)} captions ({n_words} words), vocabulary {len(vocab)}, "
           f"{shape} {meta.get('backbone')} features ({features.dtype}, {len(features)} images, "
           f"{features.groups} row groups streamed in windows of {tp.feature_window_mb:g} MB), {tp.ensemble} model(s): {', '.join(kinds)}; "
