@@ -112,4 +112,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --data $(DATA)
 
 clean:
-	rm -rf data/raw data/text data/features data/sequences data/model data/eval
+	rm -rf data/raw data/text data/features data/sequences data/model_xe data/model data/eval

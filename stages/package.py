@@ -50,7 +50,7 @@ def main() -> None:
         eval_split=run_info["split"], eval_images=run_info["images"],
         backbone=str(meta.get("backbone")), meta=meta,
         params={"model": params.model.model_dump(), "train": params.train.model_dump(),
-                "evaluate": params.evaluate.model_dump()},
+                "scst": params.scst.model_dump(), "evaluate": params.evaluate.model_dump()},
         decoding=decoding, metrics=read_json(args.metrics), commit=git_commit(),
     )
     names = write_release(args.model, args.out, decoding, render_card(facts), dataset)

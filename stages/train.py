@@ -1,5 +1,6 @@
-"""Stage: train the captioner (model.kind: merge or attention) with masked teacher forcing;
-keep the best epoch.
+"""Stage: train the captioner (model.kind: merge or attention) with masked teacher forcing
+(cross-entropy); keep the best epoch. The `scst` stage then fine-tunes it toward CIDEr-D (or
+copies it, `scst.epochs: 0`) into data/model.
 
 Captions whose image has no features (unreadable, skipped by extract_features) are dropped
 and counted. The model folder and the curves folder (`--live`: metrics.json holds the best
@@ -28,14 +29,14 @@ import keras
 from captioner.curves import CurveLogger, best_epoch_summary
 from captioner.engines.ensemble import train_members
 from captioner.feature_file import FeatureFile
-from captioner.features import read_features, report_path
+from captioner.features import report_path
 from captioner.io import atomic_path, exit_on_sigterm, reported_errors, write_json
 from captioner.model import build_attention_model, build_merge_model
 from captioner.params import load_params
 from captioner.precision import describe_devices, resolve_precision
 from captioner.sequences import drop_without_features, load_sequences
 from captioner.text import load_vocabulary, save_vocabulary
-from captioner.params import ModelParams, TrainParams
+from captioner.params import ModelParams
 from captioner.streaming import batch_count
 from captioner.training import MemberJob, TrainData, caption_lengths
 
@@ -53,34 +54,13 @@ def build(kind: str, mp: ModelParams, vocab_size: int, dim: int, grid: bool, reg
     )
 
 
-def self_critical(text: str, tp: TrainParams, models: list, features, feat_ids, vocab) -> list[dict]:
-    """`train.scst_epochs` of self-critical training (captioner.scst) on every member, in place;
-    each keeps its best dev CIDEr-D epoch. Returns the members' histories (for run.json)."""
-    import pandas as pd
-
-    from captioner.scst import ScstConfig, finetune, references_by_row
-
-    refs = {}
-    for split in ("train", "dev"):
-        table = pd.read_parquet(Path(text) / f"{split}.parquet", columns=["image_id", "caption_no", "caption"])
-        table = table.sort_values(["image_id", "caption_no"])
-        refs[split] = references_by_row(table["image_id"].astype(str).tolist(), table["caption"].tolist(), feat_ids)
-    config = ScstConfig(tp.scst_samples, tp.scst_max_length, tp.scst_baseline, tp.scst_learning_rate,
-                        tp.scst_batch_size, tp.seed)
-    print(f"train: self-critical training, {tp.scst_epochs} epoch(s) x {len(models)} model(s), "
-          f"{tp.scst_samples} samples per image, baseline {tp.scst_baseline}, "
-          f"{len(refs['train'][0])} train / {len(refs['dev'][0])} dev images")
-    return finetune(models, features, refs["train"], refs["dev"], vocab, config, tp.scst_epochs,
-                    progress=sys.stdout.isatty())
-
-
 def main() -> None:
     exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--features", required=True)
     ap.add_argument("--text", default="data/text")
     ap.add_argument("--sequences", default="data/sequences")
-    ap.add_argument("--out", default="data/model")
+    ap.add_argument("--out", default="data/model_xe")
     ap.add_argument("--live", default="metrics/train")
     args = ap.parse_args()
     params = load_params()
@@ -143,9 +123,6 @@ def main() -> None:
         )
         models, results = [m for m, _ in trained], [r for _, r in trained]
         seconds = time.perf_counter() - start
-        # Self-critical training samples from every train image each step: features in memory.
-        scst = (self_critical(args.text, tp, models, read_features(args.features)[1], feat_ids, vocab)
-                if tp.scst_epochs else None)
         result = results[0]
         epochs_run = sum(r.epochs_run for r in results)
         write_json(live_dir / "metrics.json", best_epoch_summary(result.history, result.best_epoch))
@@ -154,7 +131,6 @@ def main() -> None:
             "train_words_per_s": round(n_words * epochs_run / seconds, 1),
             "members_best_epoch": [r.best_epoch for r in results],
             "members_best_val_loss": [round(r.best_val_loss, 5) for r in results],
-            **({"scst": scst, "scst_seconds": round(time.perf_counter() - start - seconds, 1)} if scst else {}),
         })
 
         members = ["model.keras"] + [f"model_{i}.keras" for i in range(1, len(models))]

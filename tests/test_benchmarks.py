@@ -72,7 +72,7 @@ def test_quick_repro_benchmark(bench_dir: Path) -> None:
     part = repro.main(args(bench_dir, "repro"))
     s = part["summary"]
     assert s["repro_train_change_s"] > 0 and s["repro_full_s"] > 0
-    assert set(part["train_change"]["stages"]) == {"train", "evaluate"}
+    assert set(part["train_change"]["stages"]) == {"train", "scst", "evaluate"}
 
 
 @pytest.mark.slow

@@ -231,7 +231,7 @@ def test_dag_on_a_coco_copy(tmp_path: Path) -> None:
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "coco copy"], project)
     out = run(["dvc", "repro", "evaluate"], project)
-    assert ran_stages(out) == {"clean_text", "extract_features", "build_sequences", "train",
+    assert ran_stages(out) == {"clean_text", "extract_features", "build_sequences", "train", "scst",
                                "human_ceiling", "evaluate"}
     report = json.loads((project / "data/text/report.json").read_text())
     assert report["reader"]["variant"] == "coco" and report["images"] == EXPECTED

@@ -72,7 +72,7 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
 
     out = run(["dvc", "repro"], project)
     assert ran_stages(out) == {"generate_scenes", "clean_text", "extract_features", "build_sequences",
-                               "train", "human_ceiling", "evaluate", "package"}
+                               "train", "scst", "human_ceiling", "evaluate", "package"}
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert {"bleu1", "bleu2", "bleu3", "bleu4"} <= metrics.keys()
     assert {"cider", "meteor", "rouge_l", "bleu4"} <= metrics["coco"].keys()
@@ -81,17 +81,20 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
     assert (project / "data/model/model.keras").exists()
     assert (project / "metrics/train/metrics.json").exists()
+    # scst.epochs 0: data/model is the cross-entropy model, byte for byte
+    assert (project / "data/model/model.keras").read_bytes() == (project / "data/model_xe/model.keras").read_bytes()
+    assert json.loads((project / "metrics/scst/metrics.json").read_text()) == {"epochs": 0}
     shown = run(["dvc", "metrics", "show", "--json"], project)
     assert "bleu4" in shown
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "repro"], project)
 
-    # A train param: only train and evaluate are stale, and only they rerun.
+    # A train param: only train and what follows it are stale, and only they rerun.
     set_params(project, {"train": {"learning_rate": 0.002, "ensemble": 2}})
     status = run(["dvc", "status"], project)
     assert "train:" in status and "extract_features:" not in status and "clean_text:" not in status
     out = run(["dvc", "repro"], project)
-    assert ran_stages(out) == {"train", "evaluate", "package"}
+    assert ran_stages(out) == {"train", "scst", "evaluate", "package"}
     assert "Stage 'extract_features' didn't change, skipping" in out
     meta = json.loads((project / "data/model/meta.json").read_text())
     assert meta["members"] == ["model.keras", "model_1.keras"]  # evaluate decoded with both
@@ -100,18 +103,25 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     set_params(project, {"evaluate": {"beam_width": 1}})
     assert ran_stages(run(["dvc", "repro"], project)) == {"evaluate", "package"}
 
-    # Self-critical training: train reruns (not the CNN), every member gets an SCST history.
-    set_params(project, {"train": {"scst_epochs": 1, "scst_samples": 2, "scst_max_length": 6}})
-    assert ran_stages(run(["dvc", "repro"], project)) == {"train", "evaluate", "package"}
-    scst = json.loads((project / "metrics/train/run.json").read_text())["scst"]
+    # Self-critical training: its own stage fine-tunes train's model (train does not rerun);
+    # every member gets an SCST history, curves and the dev CIDEr-D before and after.
+    set_params(project, {"scst": {"epochs": 1, "samples": 2, "max_length": 6}})
+    assert ran_stages(run(["dvc", "repro"], project)) == {"scst", "evaluate", "package"}
+    scst = json.loads((project / "metrics/scst/run.json").read_text())["members"]
     assert [h["member"] for h in scst] == [0, 1] and [e["epoch"] for e in scst[0]["epochs"]] == [0, 1]
     assert scst[0]["epochs"][1]["reward"] >= 0.0 and scst[0]["best_epoch"] in (0, 1)
+    summary = json.loads((project / "metrics/scst/metrics.json").read_text())
+    assert summary["epochs"] == 1 and summary["dev_cider"] >= summary["dev_cider_xe"]  # the best epoch is kept
+    curve = (project / "metrics/scst/curves/dev_cider.tsv").read_text().splitlines()
+    assert curve[0] == "epoch\tmember_0\tmember_1" and [r.split("\t")[0] for r in curve[1:]] == ["0", "1"]
+    assert json.loads((project / "data/model/meta.json").read_text())["scst"]["epochs"] == 1
+    assert "SCST" in run(["dvc", "plots", "show", "--json"], project)
 
     # A text param: the CNN features are reused.
-    set_params(project, {"text": {"min_count": 2}, "train": {"scst_epochs": 0}})
+    set_params(project, {"text": {"min_count": 2}, "scst": {"epochs": 0}})
     out = run(["dvc", "repro"], project)
     assert "extract_features" not in ran_stages(out)
-    assert {"clean_text", "build_sequences", "train", "evaluate"} <= ran_stages(out)
+    assert {"clean_text", "build_sequences", "train", "scst", "evaluate"} <= ran_stages(out)
 
     # The attention decoder: region features (float16) are extracted once ...
     pooled = project / "data/features/efficientnet_lite0.parquet"
@@ -119,7 +129,7 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     set_params(project, {"features": {"spatial": "grid", "dtype": "float16"},
                          "model": {"kind": "attention", "attention_dim": 8},
                          "train": {"ensemble": 2, "merge_members": 1}})  # one of each kind
-    assert ran_stages(run(["dvc", "repro"], project)) == {"extract_features", "train", "evaluate", "package"}
+    assert ran_stages(run(["dvc", "repro"], project)) == {"extract_features", "train", "scst", "evaluate", "package"}
     meta = json.loads((project / "data/model/meta.json").read_text())
     assert meta["kind"] == "attention" and meta["spatial"] == "grid" and meta["feature_dim"] == 49 * 1280
     assert meta["member_kinds"] == ["attention", "merge"]
@@ -127,7 +137,7 @@ def test_dvc_repro_end_to_end_and_incremental_reruns(tmp_path: Path) -> None:
     assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
     # ... a decoder-only change reuses them ...
     set_params(project, {"model": {"attention_reg": 0.5}})
-    assert ran_stages(run(["dvc", "repro"], project)) == {"train", "evaluate", "package"}
+    assert ran_stages(run(["dvc", "repro"], project)) == {"train", "scst", "evaluate", "package"}
     # ... and going back to the merge model restores the pooled features from DVC's run cache,
     # byte for byte, without running the CNN. (Trained in mixed precision, saved in float32.)
     set_params(project, {"features": {"spatial": "pooled", "dtype": "float32"}, "model": {"kind": "merge"},

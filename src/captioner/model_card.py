@@ -42,7 +42,7 @@ class CardFacts:
     eval_images: int
     backbone: str
     meta: Mapping[str, Any]           # the model folder's meta.json
-    params: Mapping[str, Any]         # model, train, evaluate sections
+    params: Mapping[str, Any]         # model, train, scst, evaluate sections
     decoding: Mapping[str, Any]
     metrics: Mapping[str, Any]        # metrics/eval.json
     commit: str

@@ -121,13 +121,18 @@ class TrainParams(_Section):
     # (two in memory: one in use, the next being read); memory no longer grows with the data set
     feature_window_mb: float = Field(256.0, gt=0)
     max_batches: int = Field(0, ge=0)  # > 0: at most this many train and dev batches per epoch (smoke runs)
-    # self-critical training (captioner.scst) after cross-entropy, toward CIDEr-D; 0 epochs = off
-    scst_epochs: int = Field(0, ge=0)
-    scst_samples: int = Field(5, ge=1)  # captions sampled per image
-    scst_baseline: Literal["mean", "greedy"] = "mean"  # other samples' mean (Luo 2020) | greedy caption (Rennie 2017)
-    scst_learning_rate: float = Field(5e-5, gt=0)
-    scst_batch_size: int = Field(32, gt=0)  # images per step (x scst_samples captions)
-    scst_max_length: int = Field(20, ge=1)  # words sampled at most
+
+
+class ScstParams(_Section):
+    """Self-critical training (captioner.scst) of the cross-entropy model toward CIDEr-D: its own
+    stage, so a change here reruns scst and evaluate, never train."""
+
+    epochs: int = Field(0, ge=0)  # 0 = off: data/model is the cross-entropy model, copied
+    samples: int = Field(5, ge=1)  # captions sampled per image (temperature 1)
+    baseline: Literal["mean", "greedy"] = "mean"  # other samples' mean (Luo 2020) | greedy caption (Rennie 2017)
+    learning_rate: float = Field(5e-5, gt=0)  # Adam, a fresh optimiser per member
+    batch_size: int = Field(32, gt=0)  # images per step (x samples captions)
+    max_length: int = Field(20, ge=1)  # words sampled at most
 
 
 class EvaluateParams(_Section):
@@ -157,6 +162,7 @@ class Params(_Section):
     sequences: SequencesParams = SequencesParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    scst: ScstParams = ScstParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
@@ -166,8 +172,8 @@ class Params(_Section):
             "none",
         ):
             raise ValueError(f"features.weights: {self.features.backbone} takes 'imagenet' or 'none'")
-        if self.train.scst_baseline == "mean" and self.train.scst_samples < 2:
-            raise ValueError("train.scst_samples: the 'mean' baseline needs at least 2 samples per image")
+        if self.scst.baseline == "mean" and self.scst.samples < 2:
+            raise ValueError("scst.samples: the 'mean' baseline needs at least 2 samples per image")
         if self.model.kind == "attention" and self.features.spatial != "grid":
             raise ValueError("model.kind: 'attention' needs region features: set features.spatial: grid")
         if self.train.merge_members and (self.model.kind != "attention" or self.train.merge_members >= self.train.ensemble):
