@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--extra-model", nargs="*", default=[],
                     help="more model folders whose members join the ensemble (e.g. pooled merge models "
                     "with an attention model: they see the grid's average over regions)")
+    ap.add_argument("--extra-features", nargs="*", default=[],
+                    help="one feature file per --extra-model, for members that read other features than "
+                    "the main model's (another backbone): each member then reads its own file")
     ap.add_argument("--split", default="dev")
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--penalties", type=float, nargs="+", default=[0.0, 1.0])
@@ -65,15 +68,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
     image_ids, feats, _ = scored_features(refs, feat_ids, features)
     vocab = load_vocabulary(model_dir / "vocab.json")
     models = load_members(model_dir, meta, features.shape[1], len(vocab))
-    for extra in args.extra_model:
-        models += load_members(extra, read_json(Path(extra) / "meta.json"), None, len(vocab))
+    if args.extra_features and len(args.extra_features) != len(args.extra_model):
+        ap.error(f"--extra-features: one file per --extra-model ({len(args.extra_model)}), "
+                 f"got {len(args.extra_features)}")
+    views = [(0, feats.shape[1])] * len(models)
+    blocks = [feats]
+    for k, extra in enumerate(args.extra_model):
+        if load_vocabulary(Path(extra) / "vocab.json").tokens != vocab.tokens:
+            ap.error(f"--extra-model {extra}: its vocabulary differs from {model_dir}'s")
+        extra_models = load_members(extra, read_json(Path(extra) / "meta.json"), None, len(vocab))
+        if args.extra_features:
+            ids_k, feats_k, _ = scored_features(refs, *read_features(args.extra_features[k])[:2])
+            if list(ids_k) != list(image_ids):
+                ap.error(f"--extra-features {args.extra_features[k]}: not the same {args.split} images")
+            start = sum(b.shape[1] for b in blocks)
+            views += [(start, start + feats_k.shape[1])] * len(extra_models)
+            blocks.append(feats_k)
+        models += extra_models
+    if args.extra_features:
+        feats = np.hstack([b.astype(np.float32) for b in blocks])
+    else:
+        views = None
     if any(not 1 <= k <= len(models) for k in args.subsets):
         ap.error(f"--subsets: sizes must be 1..{len(models)} (the models given), got {args.subsets}")
     print(f"decode_sweep: {model_dir} + {args.extra_model} ({len(models)} model(s)) on {len(image_ids)} "
           f"{args.split} images, features {features_path}")
     if args.subsets:
-        return _subsets(args, models, feats, vocab, refs, image_ids)
-    decoder = StepDecoder(models)
+        return _subsets(args, models, feats, vocab, refs, image_ids, views)
+    decoder = StepDecoder(models, views)
     print(f"{'beam':>4} {'lp':>4} {'block':>5}  BLEU-1 BLEU-2 BLEU-3 BLEU-4  words  seconds")
     out, hyps = [], []
     for beam, lp, block in itertools.product(args.beams, args.penalties, args.blocks):
@@ -95,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return out
 
 
-def _subsets(args, models, feats, vocab, refs, image_ids) -> list[dict]:
+def _subsets(args, models, feats, vocab, refs, image_ids, views) -> list[dict]:
     """BLEU of every sub-ensemble of each size in args.subsets, then mean / min / max per size."""
     import numpy as np
 
@@ -109,7 +131,8 @@ def _subsets(args, models, feats, vocab, refs, image_ids) -> list[dict]:
     for k in args.subsets:
         rows = []
         for members in itertools.combinations(range(len(models)), k):
-            caps = generate_captions(StepDecoder([models[i] for i in members]), feats, vocab, beam,
+            decoder = StepDecoder([models[i] for i in members], views and [views[i] for i in members])
+            caps = generate_captions(decoder, feats, vocab, beam,
                                      args.max_length, lp, args.batch_size, progress=False,
                                      block_repeat_ngram=block)
             bleu = score(refs, image_ids, [c.words for c in caps])

@@ -67,3 +67,42 @@ def test_subsets_decode_every_sub_ensemble(project: Path, capsys: pytest.Capture
 def test_subset_sizes_beyond_the_models_are_refused(project: Path) -> None:
     with pytest.raises(SystemExit):
         decode_sweep.main(["--project", str(project), "--subsets", "4"])
+
+
+def test_extra_models_read_their_own_feature_files(project: Path, toy: dict, tmp_path: Path) -> None:
+    """--extra-features: each extra model reads its own file, matched to the images by id (here
+    the same features stored in reverse order: the same captions as reading the main file),
+    and a file with other features changes the captions."""
+    from captioner.model import build_merge_model
+
+    ids = [f"img{i}" for i in range(12)]
+    rev = tmp_path / "reversed.parquet"
+    write_features(rev, ids[::-1], toy["feats"][:12][::-1], {"backbone": "toy"})
+    args = ["--project", str(project), "--beams", "2", "--penalties", "0", "--blocks", "0",
+            "--extra-model", str(project / "data/model")]
+    same = decode_sweep.main(args)
+    viewed = decode_sweep.main([*args, "--extra-features", str(rev)])
+    assert viewed == [{**same[0], "seconds": viewed[0]["seconds"]}]
+
+    # An extra member on 3-d features of its own, whose image branch dominates: decoded by hand.
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = build_merge_model(len(toy["vocab"]), 3, 16, 32, 0.0)
+    other.save(other_dir / "model.keras")
+    save_vocabulary(other_dir / "vocab.json", toy["vocab"])
+    write_json(other_dir / "meta.json", {"backbone": "other", "feature_dim": 3, "members": ["model.keras"]})
+    g = np.random.default_rng(5).normal(size=(12, 3)).astype(np.float32) * 5
+    write_features(tmp_path / "other.parquet", ids, g, {"backbone": "other"})
+    rows = decode_sweep.main(["--project", str(project), "--beams", "2", "--penalties", "0", "--blocks", "0",
+                              "--extra-model", str(other_dir), "--extra-features", str(tmp_path / "other.parquet")])
+    decoder = StepDecoder([toy["model"]] * 3 + [other], views=[(0, 8)] * 3 + [(8, 11)])
+    caps = beam_search(decoder, np.hstack([toy["feats"][:12], g]), toy["vocab"], 2, 40)
+    assert rows[0]["mean_words"] == pytest.approx(np.mean([len(c.words) for c in caps]), abs=0.005)
+    refs = [[["a", COLOURS[c], "thing"]] for c in toy["cls"][:12]]
+    assert rows[0]["bleu4"] == pytest.approx(corpus_bleu_scores(refs, [c.words for c in caps])["bleu4"], abs=1e-9)
+
+
+def test_extra_features_must_match_the_extra_models(project: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):  # two models, one file
+        decode_sweep.main(["--project", str(project), "--extra-model", str(project / "data/model"),
+                           str(project / "data/model"), "--extra-features", str(project / "data/features/toy.parquet")])

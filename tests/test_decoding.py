@@ -251,3 +251,50 @@ def test_ensemble_members_must_agree(toy) -> None:
     other = build_merge_model(len(toy["vocab"]) + 1, 8, 4, 4, 0.0)
     with pytest.raises(ValueError, match="disagree"):
         StepDecoder([toy["model"], other])
+
+
+def test_a_member_reads_only_its_feature_view(toy) -> None:
+    """views: the toy model reading columns 5..13 of [noise | its features] decodes exactly as
+    it does from its own features, whatever the noise."""
+    feats, vocab = toy["feats"][:6], toy["vocab"]
+    noise = np.random.default_rng(3).normal(size=(6, 5)).astype(np.float32) * 10
+    own = beam_search(StepDecoder(toy["model"]), feats, vocab, 3, 10)
+    viewed = beam_search(StepDecoder([toy["model"]], views=[(5, 13)]), np.hstack([noise, feats]), vocab, 3, 10)
+    assert caption_texts(viewed) == caption_texts(own)
+    assert [c.logprob for c in viewed] == pytest.approx([c.logprob for c in own], abs=1e-5)
+
+
+def test_members_on_different_features_average_their_probabilities(toy) -> None:
+    """An ensemble whose members read different feature files (here widths 8 and 3) averages
+    the next-word probabilities each member gives from its own features."""
+    from captioner.model import build_merge_model
+
+    other = build_merge_model(len(toy["vocab"]), 3, 8, 16, 0.0)
+    f, g = toy["feats"][:5], np.random.default_rng(4).normal(size=(5, 3)).astype(np.float32)
+    both = StepDecoder([toy["model"], other], views=[(0, 8), (8, 11)])
+    words = np.full(5, toy["vocab"].index[START], np.int32)
+    img, h, c = both.start(np.hstack([f, g]))
+    logp = both.step(img, words, h, c)[0]
+    singles = []
+    for dec, x in ((StepDecoder(toy["model"]), f), (StepDecoder(other), g)):
+        img, h, c = dec.start(x)
+        singles.append(np.exp(dec.step(img, words, h, c)[0]))
+    np.testing.assert_allclose(np.exp(logp), np.mean(singles, axis=0), atol=1e-6)
+
+
+def test_a_merge_member_averages_a_grid_view_and_bad_views_are_refused(toy, toy_attention) -> None:
+    from captioner.model import build_merge_model
+    from tests.conftest import TOY_CHANNELS, TOY_REGIONS
+
+    att, grid = toy_attention["model"], toy_attention["feats"][:4].astype(np.float32)
+    merge = build_merge_model(len(toy_attention["vocab"]), TOY_CHANNELS, 8, 32, 0.0)
+    pooled = grid.reshape(4, TOY_REGIONS, TOY_CHANNELS).mean(axis=1)
+    mixed = StepDecoder([att, merge], views=[(0, 32), (0, 32)])  # the merge member pools the grid
+    assert mixed.regions == TOY_REGIONS
+    img, _, _ = mixed.start(grid)
+    img_pooled, _, _ = StepDecoder(merge).start(pooled)
+    np.testing.assert_allclose(img.numpy()[:, -32:], img_pooled.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="cannot read a feature view of width 7"):
+        StepDecoder([toy["model"]], views=[(1, 8)])
+    with pytest.raises(ValueError, match="2 feature views for 1"):
+        StepDecoder([toy["model"]], views=[(0, 8), (8, 16)])

@@ -95,14 +95,24 @@ class StepDecoder:
     attention weights (averaged over the attention members), and the features are region
     grids; merge members of such an ensemble see the grid's average over regions, which is
     exactly the pooled feature they were trained on.
+
+    `views` lets members read different features (say, different backbones): member i reads
+    columns `views[i] = (start, stop)` of the features given, which are then the members'
+    own features side by side. A merge member whose view is a whole number of times its
+    feature width reads it as a region grid and averages it.
     """
 
-    def __init__(self, models: keras.Model | Sequence[keras.Model]) -> None:
+    def __init__(self, models: keras.Model | Sequence[keras.Model],
+                 views: Sequence[tuple[int, int]] | None = None) -> None:
         from captioner.model import model_kind, model_signature
 
         models = [models] if isinstance(models, keras.Model) else list(models)
         if not models:
             raise ValueError("StepDecoder needs at least one model")
+        if views is not None:
+            self._init_views(models, [(int(a), int(b)) for a, b in views])
+            return
+        self._views: list[tuple[int, int]] | None = None
         attention = [_Attention(m) for m in models if model_kind(m) == "attention"]
         regions = {m.regions for m in attention}
         if len(regions) > 1:
@@ -123,10 +133,39 @@ class StepDecoder:
             signatures.add((dim, vocab))
         if len(signatures) > 1:
             raise ValueError(f"ensemble members disagree on (feature dim, vocab size): {sorted(signatures)}")
+        self._compile(signatures.pop()[0])
+
+    def _init_views(self, models: list[keras.Model], views: list[tuple[int, int]]) -> None:
+        from captioner.model import model_kind, model_signature
+
+        if len(views) != len(models):
+            raise ValueError(f"{len(views)} feature views for {len(models)} ensemble members")
+        self._views, self._members, vocabs, regions = views, [], set(), set()
+        for i, (m, (a, b)) in enumerate(zip(models, views)):
+            dim, vocab = model_signature(m)
+            vocabs.add(vocab)
+            if not 0 <= a < b:
+                raise ValueError(f"member {i}: feature view ({a}, {b}) is empty or negative")
+            if model_kind(m) == "attention" and b - a == dim:
+                self._members.append(_Attention(m))
+                regions.add(self._members[-1].regions)
+            elif model_kind(m) != "attention" and (b - a) % dim == 0:
+                self._members.append(_Merge(m, (b - a) // dim if b - a > dim else 0))
+            else:
+                raise ValueError(f"member {i} ({model_kind(m)}, features of width {dim}) cannot read "
+                                 f"a feature view of width {b - a}")
+        if len(vocabs) > 1:
+            raise ValueError(f"ensemble members disagree on the vocabulary size: {sorted(vocabs)}")
+        if len(regions) > 1:
+            raise ValueError(f"ensemble members attend over different region counts: {sorted(regions)}")
+        self.regions = regions.pop() if regions else 0
+        self._compile(max(b for _, b in views))
+
+    def _compile(self, dim: int) -> None:
+        """The start and step functions, for features of width `dim`."""
         self._widths = [m.width for m in self._members]
         self._splits = [m.units for m in self._members]
         self.units = sum(self._splits)
-        dim, _ = signatures.pop()
         self._start = tf.function(self._start_impl, input_signature=[tf.TensorSpec((None, dim), tf.float32)])
         self._step = tf.function(
             self._step_impl,
@@ -139,7 +178,8 @@ class StepDecoder:
         )
 
     def _start_impl(self, features: tf.Tensor):
-        parts = [m.start(features) for m in self._members]
+        views = self._views or [None] * len(self._members)
+        parts = [m.start(features if v is None else features[:, v[0] : v[1]]) for m, v in zip(self._members, views)]
         return tuple(tf.concat([p[i] for p in parts], axis=1) for i in range(3))
 
     def _step_impl(self, image: tf.Tensor, words: tf.Tensor, h: tf.Tensor, c: tf.Tensor):
