@@ -12,6 +12,14 @@ With --coco, every row also gets the coco-caption suite (pycocoevalcap's BLEU-4,
 and CIDEr-D on the raw references, as `evaluate` computes them; all rows tokenised in one run)
 and the diversity figures (distinct, novel, vocabulary).
 
+With --extra-model DIR ..., more model folders join the ensemble. They read the main model's
+features (merge models average a region grid over its regions) unless --extra-features gives one
+feature file per extra folder: then each member reads its own file, matched by image id, which is
+how an ensemble mixes backbones (EfficientNet-Lite0 + Lite1 + Lite2):
+
+    python benchmarks/decode_sweep.py --model data/model --extra-model ../lite1/data/model \
+        --extra-features ../lite1/data/features/efficientnet_lite1.parquet --beams 5 --coco
+
 With --subsets K ..., it instead decodes (first setting only) every K-member sub-ensemble of all the
 models given, and prints BLEU mean / min / max per K: how much each extra member is worth, and how
 much the choice of seeds alone moves BLEU.
