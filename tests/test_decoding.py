@@ -262,6 +262,9 @@ def test_a_member_reads_only_its_feature_view(toy) -> None:
     viewed = beam_search(StepDecoder([toy["model"]], views=[(5, 13)]), np.hstack([noise, feats]), vocab, 3, 10)
     assert caption_texts(viewed) == caption_texts(own)
     assert [c.logprob for c in viewed] == pytest.approx([c.logprob for c in own], abs=1e-5)
+    # columns after the view (another member's, left out of a sub-ensemble) are ignored too
+    wider = beam_search(StepDecoder([toy["model"]], views=[(5, 13)]), np.hstack([noise, feats, noise]), vocab, 3, 10)
+    assert caption_texts(wider) == caption_texts(own)
 
 
 def test_members_on_different_features_average_their_probabilities(toy) -> None:

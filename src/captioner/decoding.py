@@ -159,10 +159,10 @@ class StepDecoder:
         if len(regions) > 1:
             raise ValueError(f"ensemble members attend over different region counts: {sorted(regions)}")
         self.regions = regions.pop() if regions else 0
-        self._compile(max(b for _, b in views))
+        self._compile(None)  # any width: a sub-ensemble may read only some of the columns given
 
-    def _compile(self, dim: int) -> None:
-        """The start and step functions, for features of width `dim`."""
+    def _compile(self, dim: int | None) -> None:
+        """The start and step functions, for features of width `dim` (None: any)."""
         self._widths = [m.width for m in self._members]
         self._splits = [m.units for m in self._members]
         self.units = sum(self._splits)
