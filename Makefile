@@ -81,7 +81,7 @@ test: $(STAMP)
 ## SET="train.precision=float32 train.ensemble=3" adds overrides on top of the preset.
 flickr8k: $(STAMP) git-ready
 	@test -n "$(PRESET)" || { echo "make: MODEL must be merge or attention, not '$(MODEL)'"; exit 2; }
-	@args=$$($(BIN)/python -m captioner.presets $(PRESET) -S data.root=$(DATA) -S evaluate.split=$(SPLIT) \
+	@args=$$($(BIN)/python -m captioner.config.presets $(PRESET) -S data.root=$(DATA) -S evaluate.split=$(SPLIT) \
 		$(foreach kv,$(SET),-S '$(kv)')) \
 		&& eval "$(BIN)/dvc exp run $$args package"
 	$(BIN)/dvc metrics show
@@ -105,7 +105,7 @@ plots-template: $(STAMP)
 	rm -rf build/npm && mkdir -p build/npm
 	cd build/npm && npm pack -q $(VEGA_PKGS) >/dev/null && for f in *.tgz; do \
 		mkdir -p "$${f%.tgz}" && tar xzf "$$f" -C "$${f%.tgz}" --strip-components=1; done
-	$(BIN)/python -m captioner.plots_template $(foreach p,$(VEGA_PKGS),build/npm/$(subst @,-,$(p))) -o vendor/dvc-plots.html
+	$(BIN)/python -m captioner.app.plots_template $(foreach p,$(VEGA_PKGS),build/npm/$(subst @,-,$(p))) -o vendor/dvc-plots.html
 
 ## Benchmarks (docs/BENCHMARKS.md): the whole suite on DATA -> metrics/bench.json, docs/scaling.png.
 bench: $(STAMP)

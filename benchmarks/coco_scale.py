@@ -96,7 +96,7 @@ class Bigram:
     """A word-bigram model of cleaned captions, sampled for all captions at once (vectorised)."""
 
     def __init__(self, captions: list[str]) -> None:
-        from captioner.text import clean_caption
+        from captioner.datasets.text import clean_caption
 
         tokenised = [clean_caption(c).split() for c in captions]
         tokenised = [t for t in tokenised if t]
@@ -250,7 +250,7 @@ def write_grid_file(path: Path, image_ids: list[str], table: np.ndarray, seed: i
                   "spatial": "grid", "regions": str(REGIONS), "channels": str(CHANNELS),
                   "synthetic": "benchmarks/coco_scale.py"},
     )
-    from captioner.features import ROW_GROUP_BYTES
+    from captioner.features.store import ROW_GROUP_BYTES
 
     rows_per_group = max(1, ROW_GROUP_BYTES // (DIM * 4))  # as write_features groups them
     channel = np.arange(CHANNELS, dtype=np.int32)
@@ -351,7 +351,7 @@ def run_stage(ws: Path, name: str, args: list[str], log_dir: Path) -> dict[str, 
 
 
 def max_batches_supported() -> bool:
-    from captioner.params import TrainParams
+    from captioner.config.params import TrainParams
 
     return "max_batches" in TrainParams.model_fields
 
@@ -359,7 +359,7 @@ def max_batches_supported() -> bool:
 def workspace_params(data_root: Path, layout: str, weights: str, steps: int | None) -> dict[str, Any]:
     """The committed params.yaml + the attention preset; one attention model (float32), one
     epoch of `steps` batches (train.max_batches)."""
-    from captioner.presets import committed_params  # not the workspace file, which experiments edit
+    from captioner.config.presets import committed_params  # not the workspace file, which experiments edit
 
     params = committed_params(REPO / "params.yaml")
     for section, values in (yaml.safe_load(ATTENTION_PRESET.read_text(encoding="utf-8")) or {}).items():
@@ -374,7 +374,7 @@ def workspace_params(data_root: Path, layout: str, weights: str, steps: int | No
 
 
 def write_params(ws: Path, params: dict[str, Any]) -> None:
-    from captioner.params import Params
+    from captioner.config.params import Params
 
     Params.model_validate(params)  # fail here, naming the key, not in a stage
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps = None
     beams = (3,) if args.quick else (1, 3)
 
-    from captioner.datasets import load_dataset
+    from captioner.datasets.readers import load_dataset
 
     print(f"coco_scale: {args.images:,} images, {args.steps} training steps, compare: {compare}; work {work}", flush=True)
     ds = load_dataset(Path(args.data).resolve())

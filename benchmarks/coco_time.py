@@ -18,8 +18,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from captioner.cocoeval import CocoScorer, coco_scores, human_ceiling, java_command
-from captioner.text import clean_caption
+from captioner.evaluation.cocoeval import CocoScorer, coco_scores, human_ceiling, java_command
+from captioner.datasets.text import clean_caption
 
 
 def read_split(root: Path, split: str) -> dict[str, list[str]]:

@@ -124,7 +124,7 @@ def machine() -> dict[str, Any]:
 
 def write_part(path: str | os.PathLike[str], part: dict[str, Any]) -> None:
     """Write a figure's JSON part ({"summary": headline keys, ...details}) atomically."""
-    from captioner.io import write_json
+    from captioner.runtime.io import write_json
 
     part = {**part, "loadavg_at_end": loadavg()}
     write_json(path, part)
@@ -149,7 +149,7 @@ def report(title: str, rows: dict[str, Any]) -> None:
 
 def bench_params():
     """params.yaml with the Flickr8k preset applied (what `make flickr8k` trains with)."""
-    from captioner.params import Params
+    from captioner.config.params import Params
 
     merged = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")) or {}
     for section, values in (yaml.safe_load(PRESET.read_text(encoding="utf-8")) or {}).items():
@@ -177,7 +177,7 @@ class Corpus:
 
     def encode(self, image_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids (N, max_length), image id of each row) for all captions of `image_ids`."""
-        from captioner.sequences import encode_captions
+        from captioner.datasets.sequences import encode_captions
 
         wanted = set(image_ids)
         caps = self.captions[self.captions["image_id"].isin(wanted)]
@@ -187,8 +187,8 @@ class Corpus:
 
 def load_corpus(data: str | os.PathLike[str], params=None) -> Corpus:
     """Read, clean and index the captions of `data` exactly as the clean_text stage does."""
-    from captioner.datasets import load_dataset
-    from captioner.text import build_vocabulary, clean_caption, wrap
+    from captioner.datasets.readers import load_dataset
+    from captioner.datasets.text import build_vocabulary, clean_caption, wrap
 
     p = params or bench_params()
     root = Path(data).resolve()
@@ -218,7 +218,8 @@ def features_for(
     backbone: str = "efficientnet_lite0", weights: str = "imagenet", batch_size: int = 32, workers: int = 2,
 ) -> np.ndarray:
     """(len(image_ids), D) features, extracted once per image and kept in the cache."""
-    from captioner.features import extract_features, read_features, write_features
+    from captioner.features.extract import extract_features
+    from captioner.features.store import read_features, write_features
 
     path = cache_file(cache, corpus.root, backbone, weights)
     have_ids: list[str] = []
@@ -228,7 +229,7 @@ def features_for(
     index = {i: r for r, i in enumerate(have_ids)}
     missing = sorted(set(image_ids) - index.keys())
     if missing:
-        from captioner.backbones import load_backbone
+        from captioner.features.backbones import load_backbone
 
         print(f"features: extracting {len(missing)} image(s) with {backbone} for the cache {path}")
         paths = corpus.images.set_index("image_id").loc[missing, "path"].tolist()
@@ -271,8 +272,8 @@ def build_ours(vocab_size: int, feature_dim: int, params, member: int = 0,
     (seed train.seed + member); `label_smoothing` overrides train.label_smoothing."""
     import keras
 
-    from captioner.model import build_merge_model
-    from captioner.training import compile_model
+    from captioner.model.build import build_merge_model
+    from captioner.training.fit import compile_model
 
     keras.utils.set_random_seed(params.train.seed + member)
     mp = params.model
@@ -291,7 +292,7 @@ def decode_kwargs(params) -> dict[str, Any]:
     """The evaluate params beam_search takes beyond width/max_length/length_penalty."""
     import inspect
 
-    from captioner.decoding import beam_search
+    from captioner.decoding.search import beam_search
 
     n = int(getattr(params.evaluate, "block_repeat_ngram", 0))
     return {"block_repeat_ngram": n} if n and "block_repeat_ngram" in inspect.signature(beam_search).parameters else {}
@@ -301,7 +302,7 @@ def ours_val_nll(model, ids: np.ndarray, rows: np.ndarray, features: np.ndarray,
     """Mean negative log-likelihood per predicted word (inference mode), like `seed_val_nll`."""
     import tensorflow as tf
 
-    from captioner.training import caption_lengths, make_batch, plan_batches
+    from captioner.training.batches import caption_lengths, make_batch, plan_batches
 
     total, count = 0.0, 0
     for b in plan_batches(caption_lengths(ids), batch_size, 4, None):
@@ -340,14 +341,14 @@ def epoch_timer():
 
 
 def extract_like_stage(paths: Sequence[str], backbone, batch_size: int, workers: int):
-    """`captioner.features.extract` called as stages/extract_features.py calls it: bad images
+    """`captioner.features.extract.extract` called as stages/extract_features.py calls it: bad images
     skipped, and (where the library supports it) every batch persisted as a resume shard in a
     fresh folder, so nothing is read back."""
     import inspect
     import shutil
     import tempfile
 
-    from captioner.features import extract
+    from captioner.features.extract import extract
 
     kwargs: dict[str, Any] = {"progress": False, "on_error": "skip"}
     folder = None

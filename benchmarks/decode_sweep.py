@@ -3,7 +3,7 @@
 Loads the model (or ensemble) once and decodes the split with every combination of beam
 width, length penalty and n-gram blocking given, printing one row each with corpus BLEU,
 the mean caption length and the decoding time. This is the evaluate stage's decoding and
-scoring (captioner.decoding, captioner.evaluation) without the DVC bookkeeping, for choosing
+scoring (captioner.decoding.search, captioner.evaluation.scores) without the DVC bookkeeping, for choosing
 the evaluate params; record the chosen setting with `dvc exp run -S evaluate...`.
 
     python benchmarks/decode_sweep.py --project . --beams 1 3 5 --penalties 0 1 2 --blocks 0 2
@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import numpy as np
     import pandas as pd
 
-    from captioner.decoding import StepDecoder, generate_captions
-    from captioner.evaluation import references_by_image, score, scored_features
-    from captioner.features import read_features
-    from captioner.io import read_json
-    from captioner.model import load_members
-    from captioner.text import load_vocabulary
+    from captioner.model.step import StepDecoder
+    from captioner.decoding.search import generate_captions
+    from captioner.evaluation.scores import references_by_image, score, scored_features
+    from captioner.features.store import read_features
+    from captioner.runtime.io import read_json
+    from captioner.model.build import load_members
+    from captioner.datasets.text import load_vocabulary
 
     project = Path(args.project)
     model_dir = project / args.model
@@ -129,8 +130,9 @@ def _subsets(args, models, feats, vocab, refs, image_ids, views) -> list[dict]:
     """BLEU of every sub-ensemble of each size in args.subsets, then mean / min / max per size."""
     import numpy as np
 
-    from captioner.decoding import StepDecoder, generate_captions
-    from captioner.evaluation import score
+    from captioner.model.step import StepDecoder
+    from captioner.decoding.search import generate_captions
+    from captioner.evaluation.scores import score
 
     beam, lp, block = args.beams[0], args.penalties[0], args.blocks[0]
     print(f"sub-ensembles of {args.subsets} of the {len(models)} models, beam {beam}, lp {lp}, block {block}")
@@ -165,8 +167,8 @@ def add_coco(args, project: Path, rows: list[dict], hyps: list[list[list[str]]],
     """Add coco_* (pycocoevalcap, raw references) and diversity figures to each row, in place."""
     import pandas as pd
 
-    from captioner.cocoeval import CocoScorer, coco_scores, diversity
-    from captioner.evaluation import raw_references_by_image, train_caption_set
+    from captioner.evaluation.cocoeval import CocoScorer, coco_scores, diversity
+    from captioner.evaluation.scores import raw_references_by_image, train_caption_set
 
     raw = raw_references_by_image(pd.read_parquet(project / f"data/text/{args.split}.parquet"))
     train = train_caption_set(pd.read_parquet(project / "data/text/train.parquet"))

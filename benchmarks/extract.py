@@ -3,7 +3,7 @@
 For each backbone, in the same process and alternating in each repeat:
   raw   the network alone (`Backbone.forward`) on batches already decoded *and* preprocessed
         in memory: the ceiling for extraction on this machine;
-  disk  `captioner.features.extract` on the JPEG paths, called as the extract_features stage
+  disk  `captioner.features.extract.extract` on the JPEG paths, called as the extract_features stage
         calls it (decode threads overlapped with the network, preprocess, forward, bad images
         skipped, each batch persisted as a resume shard).
 extract_fraction_of_raw = disk / raw images per second (median of the per-repeat ratios).
@@ -26,9 +26,9 @@ def bench_backbone(name: str, weights: str, paths: list[str], batch_size: int, w
                    repeats: int) -> dict:
     import numpy as np
 
-    from captioner.backbones import load_backbone
-    from captioner.features import decoded_batches
-    from captioner.images import load_image
+    from captioner.features.backbones import load_backbone
+    from captioner.features.extract import decoded_batches
+    from captioner.features.images import load_image
 
     load_s, backbone = common.timed(lambda: load_backbone(name, weights))
     size = backbone.input_size

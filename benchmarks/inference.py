@@ -3,7 +3,7 @@
 train.ensemble models (the preset's; members with seeds seed, seed + 1, ... as stages/train.py)
 are trained briefly on a train slice (speed does not depend on their quality, but caption
 length does: the mean number of words generated is reported with every figure), saved and
-loaded back with `captioner.model.load_model`, and decoded with `captioner.decoding`
+loaded back with `captioner.model.build.load_model`, and decoded with `captioner.decoding.search`
 (StepDecoder + beam_search) with the evaluate params (length penalty, n-gram blocking):
   latency      one image at a time (batch 1), greedy and beam 3: ms per image, median over images;
   dev set      the first 1,000 dev images in batches of evaluate.batch_size, beam 3 (and greedy):
@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import numpy as np
 
-    from captioner.decoding import StepDecoder, beam_search, generate_captions
-    from captioner.model import load_model
-    from captioner.training import make_dataset
+    from captioner.model.step import StepDecoder
+    from captioner.decoding.search import beam_search, generate_captions
+    from captioner.model.build import load_model
+    from captioner.training.batches import make_dataset
 
     params = common.bench_params()
     info = common.machine()

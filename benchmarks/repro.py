@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from captioner.params import update_params_file  # noqa: E402
+from captioner.config.params import update_params_file  # noqa: E402
 
 FULL = {"clean_text", "extract_features", "build_sequences", "train", "scst", "evaluate"}
 
@@ -83,7 +83,7 @@ def copy_project(dst: Path) -> None:
 
 def make_slice(corpus: common.Corpus, dst: Path, n_train: int, n_dev: int) -> Path:
     """A Flickr8k-layout folder with the first images of train and dev (images linked)."""
-    from captioner.datasets import load_dataset
+    from captioner.datasets.readers import load_dataset
 
     ds = load_dataset(corpus.root)
     images = dst / "Flicker8k_Dataset"

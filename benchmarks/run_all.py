@@ -57,7 +57,7 @@ def merge_parts(out: Path, parts: Path, names: list[str], seconds: dict[str, flo
 
 def write_bench(out: Path, merged: dict) -> None:
     """Write the merged figures with "parts" last (headline keys first when reading the file)."""
-    from captioner.io import write_json
+    from captioner.runtime.io import write_json
 
     write_json(out, {**{k: v for k, v in merged.items() if k != "parts"}, "parts": merged.get("parts", {})})
 

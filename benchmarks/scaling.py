@@ -1,7 +1,7 @@
 """Figure 5: how extraction time and training time per epoch grow with the number of images.
 
 For N in --sizes (default 1k, 2k, 4k, 7k: the first N of all train + dev images, sorted by id):
-  extraction   `captioner.features.extract` on the N JPEG paths as the extract_features stage
+  extraction   `captioner.features.extract.extract` on the N JPEG paths as the extract_features stage
                calls it (backbone loaded and traced once, before the timings);
   training     one epoch of the project's training on all captions of the N images (fresh
                model, a 2-batch warm-up to trace first; batches as the train stage makes them).
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     import keras
     import numpy as np
 
-    from captioner.backbones import load_backbone
-    from captioner.training import make_dataset
+    from captioner.features.backbones import load_backbone
+    from captioner.training.batches import make_dataset
 
     params = common.bench_params()
     info = common.machine()
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {n:5d} images: extraction {t:7.1f} s ({n / t:.1f} img/s)", flush=True)
     del backbone
     # Fill the feature cache for the other figures (the largest run covers every smaller one).
-    from captioner.features import write_features
+    from captioner.features.store import write_features
 
     cache = common.cache_file(args.cache, corpus.root, "efficientnet_lite0", args.weights)
     if not cache.exists() and features is not None:

@@ -1,5 +1,5 @@
 """A faithful re-implementation of the seed's training approach (the classic Keras "merge"
-captioning tutorial), for side-by-side comparison with `captioner.training`.
+captioning tutorial), for side-by-side comparison with `captioner.training.fit`.
 
 * one training sample per caption prefix: (image feature, prefix) -> next word;
 * every prefix pre-padded (`pad_sequences`' default) to the longest caption's length;
@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from captioner.training import caption_lengths
+from captioner.training.batches import caption_lengths
 
 
 def build_seed_model(vocab_size: int, feature_dim: int, max_length: int, embedding_dim: int,

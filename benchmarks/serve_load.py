@@ -79,10 +79,11 @@ def bad_uploads(good: bytes, max_upload: int) -> dict[str, bytes]:
 
 def stand_in_model(folder: Path, params, weights: str) -> Path:
     """train.ensemble untrained merge members of the preset's shape + decoding.json (beam 3, 12 words)."""
-    from captioner.io import write_json
-    from captioner.model import build_merge_model
-    from captioner.model_folder import DecodingConfig, write_decoding
-    from captioner.text import build_vocabulary, save_vocabulary
+    from captioner.runtime.io import write_json
+    from captioner.model.build import build_merge_model
+    from captioner.config.decoding import DecodingConfig
+    from captioner.model.folder import write_decoding
+    from captioner.datasets.text import build_vocabulary, save_vocabulary
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = build_vocabulary([f"startseq {' '.join(f'w{i}' for i in range(PRESET_VOCAB))} endseq"], 1)
@@ -177,7 +178,7 @@ def run_load(model: Path, data_images: list[bytes], clients: int, seconds: float
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "captioner.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "captioner.app.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--max-batch", str(max_batch), "--max-upload-mb", str(max_upload_mb)]
     cmd += ["--beam", str(beam)] if beam else []
     log = tempfile.TemporaryFile("w+")
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.seconds, args.requests, args.images = 4.0, 30, 4
 
-    from captioner.model_folder import ModelError, check_model_files, default_model_dir
+    from captioner.model.folder import ModelError, check_model_files, default_model_dir
 
     params = common.bench_params()
     info = common.machine()

@@ -1,7 +1,7 @@
 """Streamed vs in-memory features: training words/s on the same data, in the same process.
 
-  memory   captioner.training.make_dataset over the whole feature array (read_features);
-  stream   captioner.streaming.make_streamed_dataset over the Parquet file, in windows of
+  memory   captioner.training.fit.make_dataset over the whole feature array (read_features);
+  stream   captioner.training.batches.make_streamed_dataset over the Parquet file, in windows of
            `--window-mb` of row groups (the train stage's path), the file written with row
            groups of `--group-mb` so that an epoch really crosses several windows.
 Both models start from the same weights (same seed); their epochs are interleaved so that any
@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import numpy as np
 
-    from captioner.feature_file import FeatureFile
-    from captioner.features import read_features, write_features
-    from captioner.sequences import image_rows
-    from captioner.streaming import make_streamed_dataset, window_groups
-    from captioner.training import make_dataset
+    from captioner.features.store import FeatureFile
+    from captioner.features.store import read_features, write_features
+    from captioner.datasets.sequences import image_rows
+    from captioner.training.batches import make_streamed_dataset, window_groups
+    from captioner.training.batches import make_dataset
 
     params = common.bench_params()
     tp = params.train

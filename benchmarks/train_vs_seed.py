@@ -1,7 +1,7 @@
 """Figure 2: training throughput (predicted words/s) and memory, the project vs the seed.
 
 On the same Flickr8k train slice, in the same process, epochs of ours and the seed interleaved:
-  ours         captioner.training: make_dataset (length-bucketed whole captions, features
+  ours         captioner.training.fit: make_dataset (length-bucketed whole captions, features
                gathered per batch) + compile_model + model.fit, batch = train.batch_size captions;
   seed         benchmarks/seed.py: one sample per caption prefix, pre-padded to the longest
                caption of all train captions (what the seed pads to on Flickr8k), a feature
@@ -55,9 +55,10 @@ def hwm_gb() -> float | None:
 def child_rss(args) -> None:
     """Train ours for `--epochs-full` epoch(s) on all train images, as stages/train.py does; print JSON."""
     after_import = hwm_gb()
-    from captioner.features import read_features
-    from captioner.sequences import image_rows
-    from captioner.training import fit, make_dataset
+    from captioner.features.store import read_features
+    from captioner.datasets.sequences import image_rows
+    from captioner.training.fit import fit
+    from captioner.training.batches import make_dataset
 
     params = common.bench_params()
     corpus = common.load_corpus(args.data, params)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
 
     from benchmarks.seed import build_seed_model, seed_bytes, seed_samples, seed_val_nll
-    from captioner.training import make_dataset, plan_batches, caption_lengths
+    from captioner.training.batches import make_dataset, plan_batches, caption_lengths
 
     params = common.bench_params()
     tp, mp = params.train, params.model

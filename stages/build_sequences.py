@@ -4,23 +4,17 @@ import argparse
 import sys
 from pathlib import Path
 
-try:  # first: a Python without the project's packages stops here, in one line; TensorFlow quiet
-    from captioner.console import setup_stage_output
-except ModuleNotFoundError as e:
-    sys.exit(f"{sys.argv[0]}: {sys.executable} has no '{e.name}': activate the project's venv "
-             "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")
-setup_stage_output()
+from _stage import run_stage
 
 import pandas as pd
 
-from captioner.io import atomic_path, exit_on_sigterm, reported_errors
-from captioner.params import SPLITS, load_params
-from captioner.sequences import encode_captions, save_sequences
-from captioner.text import load_vocabulary
+from captioner.runtime.io import atomic_path
+from captioner.config.params import SPLITS, load_params
+from captioner.datasets.sequences import encode_captions, save_sequences
+from captioner.datasets.text import load_vocabulary
 
 
 def main() -> None:
-    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--text", default="data/text")
     ap.add_argument("--out", default="data/sequences")
@@ -39,5 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with reported_errors("build_sequences"):
-        main()
+    run_stage("build_sequences", main)

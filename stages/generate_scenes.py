@@ -3,20 +3,13 @@
 import argparse
 import sys
 
-try:  # first: a Python without the project's packages stops here, in one line; TensorFlow quiet
-    from captioner.console import setup_stage_output
-except ModuleNotFoundError as e:
-    sys.exit(f"{sys.argv[0]}: {sys.executable} has no '{e.name}': activate the project's venv "
-             "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")
-setup_stage_output()
+from _stage import run_stage
 
 from captioner.datasets.scenes import generate_scenes
-from captioner.io import exit_on_sigterm, reported_errors
-from captioner.params import load_params
+from captioner.config.params import load_params
 
 
 def main() -> None:
-    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="data/raw/scenes")
     args = ap.parse_args()
@@ -29,5 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with reported_errors("generate_scenes"):
-        main()
+    run_stage("generate_scenes", main)

@@ -4,20 +4,16 @@ card with the evaluation's metrics. Declared as the DVC artifact `captioner-mode
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 
-try:  # first: a Python without the project's packages stops here, in one line
-    from captioner.console import setup_stage_output
-except ModuleNotFoundError as e:
-    sys.exit(f"{sys.argv[0]}: {sys.executable} has no '{e.name}': activate the project's venv "
-             "(`source .venv/bin/activate`) and rerun; `dvc checkout` restores removed outputs")
-setup_stage_output()
+from _stage import run_stage
 
-from captioner.io import exit_on_sigterm, read_json, reported_errors
-from captioner.model_card import CardFacts, render_card
-from captioner.params import load_params
-from captioner.release import dataset_name, decoding_settings, write_release
+from captioner.app.model_card import CardFacts, render_card
+from captioner.config.decoding import DecodingConfig
+from captioner.config.params import load_params
+from captioner.datasets.readers import dataset_name
+from captioner.model.folder import ModelFolder, write_release
+from captioner.runtime.io import read_json
 
 
 def git_commit() -> str:
@@ -27,7 +23,6 @@ def git_commit() -> str:
 
 
 def main() -> None:
-    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="data/model")
     ap.add_argument("--text", default="data/text")
@@ -37,12 +32,12 @@ def main() -> None:
     ap.add_argument("--out", default="data/release")
     args = ap.parse_args()
     params = load_params()
-    meta = read_json(Path(args.model) / "meta.json")
+    meta = ModelFolder.open(args.model).meta
     run_info = read_json(args.run_info)
-    decoding = decoding_settings(params.evaluate.model_dump())
-    if run_info.get("decoding") != decoding:
-        raise SystemExit(f"package: {args.run_info} was decoded with {run_info.get('decoding')}, params.yaml "
-                         f"says {decoding}: run `dvc repro` so evaluate and package agree")
+    decoding = DecodingConfig.of(params.evaluate)
+    if run_info.get("decoding") != decoding.as_dict():
+        raise ValueError(f"{args.run_info} was decoded with {run_info.get('decoding')}, params.yaml says "
+                         f"{decoding.as_dict()}: run `dvc repro` so evaluate and package agree")
     dataset = dataset_name(params.data.root)
     facts = CardFacts(
         name=args.name, dataset=dataset, data_root=params.data.root,
@@ -51,7 +46,7 @@ def main() -> None:
         backbone=str(meta.get("backbone")), meta=meta,
         params={"model": params.model.model_dump(), "train": params.train.model_dump(),
                 "scst": params.scst.model_dump(), "evaluate": params.evaluate.model_dump()},
-        decoding=decoding, metrics=read_json(args.metrics), commit=git_commit(),
+        decoding=decoding.as_dict(), metrics=read_json(args.metrics), commit=git_commit(),
     )
     names = write_release(args.model, args.out, decoding, render_card(facts), dataset)
     print(f"package: {args.out}: {', '.join(names)} ({dataset}, {run_info['split']} BLEU-4 "
@@ -59,5 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with reported_errors("package", (ValueError, OSError, KeyError)):
-        main()
+    run_stage("package", main, (ValueError, OSError, KeyError))

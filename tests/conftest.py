@@ -8,10 +8,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from captioner.model import build_attention_model, build_merge_model  # noqa: E402
-from captioner.sequences import encode_captions  # noqa: E402
-from captioner.text import build_vocabulary  # noqa: E402
-from captioner.training import compile_model, fit, make_dataset  # noqa: E402
+from captioner.model.build import build_attention_model, build_merge_model  # noqa: E402
+from captioner.datasets.sequences import encode_captions  # noqa: E402
+from captioner.datasets.text import build_vocabulary  # noqa: E402
+from captioner.training.fit import compile_model, fit
+from captioner.training.batches import make_dataset
 
 COLOURS = ("red", "green", "blue", "yellow")
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

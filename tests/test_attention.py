@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioner.decoding import StepDecoder, beam_search
-from captioner.model import build_attention_model, load_model, model_kind, model_signature
-from captioner.text import END_ID
-from captioner.training import compile_model, make_dataset
+from captioner.model.step import StepDecoder
+from captioner.decoding.search import beam_search
+from captioner.model.build import build_attention_model, load_model, model_kind, model_signature
+from captioner.datasets.text import END_ID
+from captioner.training.fit import compile_model
+from captioner.training.batches import make_dataset
 from tests.conftest import COLOURS, TOY_CHANNELS, TOY_REGIONS
 
 
@@ -115,7 +117,7 @@ def test_ensemble_of_attention_models_and_mismatch(toy_attention, toy) -> None:
 def test_mixed_ensemble_merge_members_see_the_pooled_grid(toy_attention) -> None:
     """A merge model (pooled features) can join attention models (region grids): it is fed the
     grid's average over regions, which is what the pooled feature is."""
-    from captioner.model import build_merge_model
+    from captioner.model.build import build_merge_model
 
     att, vocab = toy_attention["model"], toy_attention["vocab"]
     merge = build_merge_model(len(vocab), TOY_CHANNELS, 8, 16, 0.0)
@@ -134,7 +136,7 @@ def test_mixed_ensemble_merge_members_see_the_pooled_grid(toy_attention) -> None
 
 def test_merge_model_over_a_grid_averages_it(toy_attention) -> None:
     """A merge member of an attention ensemble reads the grid file and pools it itself."""
-    from captioner.model import build_merge_model
+    from captioner.model.build import build_merge_model
 
     vocab = toy_attention["vocab"]
     over_grid = build_merge_model(len(vocab), TOY_CHANNELS, 8, 16, 0.0, regions=TOY_REGIONS)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from captioner.attention_map import FLOOR, PANEL, grid_side, render_attention, weight_mask
+from captioner.evaluation.attention_map import FLOOR, PANEL, grid_side, render_attention, weight_mask
 
 
 def test_grid_side() -> None:

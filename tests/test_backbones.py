@@ -1,4 +1,4 @@
-"""Tests for captioner.backbones: legacy torch reader, EfficientNet-Lite0/1/2 ports, VGG16, registry.
+"""Tests for captioner.features.backbones: legacy torch reader, EfficientNet-Lite0/1/2 ports, VGG16, registry.
 
 The Lite references (tests/fixtures/lite{0,1,2}_*) come from float64 torch forwards of the same
 checkpoints in a throwaway torch venv; tests/fixtures/lite0_README.md and lite1_lite2_README.md
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner.backbones import torch_legacy
-from captioner.backbones.torch_legacy import (
+from captioner.features.backbones import torch_legacy
+from captioner.features.backbones.torch_legacy import (
     LEGACY_MAGIC,
     LEGACY_PROTOCOL,
     CheckpointError,
@@ -28,7 +28,7 @@ from captioner.backbones.torch_legacy import (
     read_legacy_checkpoint_object,
     read_state_dict,
 )
-from captioner.images import load_image
+from captioner.features.images import load_image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LITE0_BLOCKS = 16
@@ -37,7 +37,7 @@ LOGIT_ATOL = 1e-4  # measured max |keras - torch(float64)| ~ 6e-6
 
 @pytest.fixture(scope="module")
 def lite0_state() -> dict[str, np.ndarray]:
-    from captioner.backbones.efficientnet_lite0 import checkpoint_path
+    from captioner.features.backbones.efficientnet_lite0 import checkpoint_path
 
     return read_state_dict(checkpoint_path())
 
@@ -250,7 +250,7 @@ def test_each_global_reference_is_a_fresh_object_a_file_cannot_alter(tmp_path: P
 
 
 def test_lite0_port_matches_torch_reference(reference: dict[str, np.ndarray]) -> None:
-    from captioner.backbones.efficientnet_lite0 import load_efficientnet_lite0, preprocess
+    from captioner.features.backbones.efficientnet_lite0 import load_efficientnet_lite0, preprocess
 
     model = load_efficientnet_lite0("imagenet", include_top=True)
     logits = np.asarray(model(preprocess(reference["images"]), training=False))
@@ -261,7 +261,7 @@ def test_lite0_port_matches_torch_reference(reference: dict[str, np.ndarray]) ->
 
 
 def test_lite0_backbone_features_match_reference(reference: dict[str, np.ndarray]) -> None:
-    from captioner.backbones import load_backbone
+    from captioner.features.backbones import load_backbone
 
     backbone = load_backbone("efficientnet_lite0")
     assert (backbone.name, backbone.input_size, backbone.feature_dim) == ("efficientnet_lite0", 224, 1280)
@@ -272,7 +272,7 @@ def test_lite0_backbone_features_match_reference(reference: dict[str, np.ndarray
 
 def test_lite0_grid_averages_to_the_pooled_features(reference: dict[str, np.ndarray]) -> None:
     """The 7x7 region grid (attention) is the map that the pooled vector averages."""
-    from captioner.backbones import load_backbone
+    from captioner.features.backbones import load_backbone
 
     grid = load_backbone("efficientnet_lite0", spatial="grid")
     assert grid.grid == (49, 1280) and grid.feature_dim == 49 * 1280
@@ -283,7 +283,7 @@ def test_lite0_grid_averages_to_the_pooled_features(reference: dict[str, np.ndar
 
 
 def test_lite0_port_is_strict(lite0_state: dict[str, np.ndarray]) -> None:
-    from captioner.backbones.efficientnet_lite0 import build_model, port_weights
+    from captioner.features.backbones.efficientnet_lite0 import build_model, port_weights
 
     model = build_model()
     missing = {k: v for k, v in lite0_state.items() if k != "_blocks.3._bn1.running_var"}
@@ -295,7 +295,7 @@ def test_lite0_port_is_strict(lite0_state: dict[str, np.ndarray]) -> None:
 
 
 def test_lite0_missing_weights_file(tmp_path: Path) -> None:
-    from captioner.backbones.efficientnet_lite0 import load_efficientnet_lite0
+    from captioner.features.backbones.efficientnet_lite0 import load_efficientnet_lite0
 
     with pytest.raises(FileNotFoundError, match=r"nothere\.pth"):
         load_efficientnet_lite0(tmp_path / "nothere.pth")
@@ -305,7 +305,7 @@ def test_lite0_missing_weights_file(tmp_path: Path) -> None:
 
 
 def test_vgg16_random_weights_fc2() -> None:
-    from captioner.backbones import load_backbone
+    from captioner.features.backbones import load_backbone
 
     backbone = load_backbone("vgg16", weights="none")
     assert (backbone.input_size, backbone.feature_dim) == (224, 4096)
@@ -318,7 +318,7 @@ def test_vgg16_random_weights_fc2() -> None:
 
 
 def test_vgg16_missing_h5_path(tmp_path: Path) -> None:
-    from captioner.backbones import load_backbone
+    from captioner.features.backbones import load_backbone
 
     with pytest.raises(
         FileNotFoundError, match=r"vgg\.h5: VGG16 weights file not found \(features\.weights\)"
@@ -329,7 +329,7 @@ def test_vgg16_missing_h5_path(tmp_path: Path) -> None:
 def test_vgg16_offline_download_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
 
-    from captioner.backbones import vgg16
+    from captioner.features.backbones import vgg16
 
     def offline(**kwargs):
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
@@ -347,7 +347,7 @@ def test_vgg16_offline_download_error_says_what_to_do(monkeypatch: pytest.Monkey
 
 
 def test_unknown_backbone_lists_known_names() -> None:
-    from captioner.backbones import BACKBONES, load_backbone
+    from captioner.features.backbones import BACKBONES, load_backbone
 
     assert BACKBONES == ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16")
     with pytest.raises(ValueError, match=r"resnet50.*efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, vgg16"):
@@ -370,7 +370,7 @@ def _lite_reference(name: str) -> dict[str, np.ndarray]:
 
 
 def test_lite_variant_configs_follow_the_scaling_rules() -> None:
-    from captioner.backbones.efficientnet_lite import LITE0, LITE0_STAGES, VARIANTS, round_filters
+    from captioner.features.backbones.efficientnet_lite import LITE0, LITE0_STAGES, VARIANTS, round_filters
 
     assert LITE0.stages == LITE0_STAGES and LITE0.input_size == 224  # width = depth = 1: unchanged
     assert [round_filters(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
@@ -384,7 +384,7 @@ def test_lite_variant_configs_follow_the_scaling_rules() -> None:
 
 @pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
 def test_lite_variant_port_matches_torch_reference(name: str) -> None:
-    from captioner.backbones.efficientnet_lite import VARIANTS, load_efficientnet_lite, preprocess
+    from captioner.features.backbones.efficientnet_lite import VARIANTS, load_efficientnet_lite, preprocess
 
     ref = _lite_reference(name)
     model = load_efficientnet_lite("imagenet", include_top=True, config=VARIANTS[name])
@@ -399,7 +399,7 @@ def test_lite_variant_port_matches_torch_reference(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
 def test_lite_variant_grid_backbone_matches_torch_reference(name: str) -> None:
     """The region grid (TF "same" padding at 240 / 260 px: 8x8 / 9x9) and its average, the pooled feature."""
-    from captioner.backbones import load_backbone
+    from captioner.features.backbones import load_backbone
 
     size, _, side = LITE_VARIANTS[name]
     ref = _lite_reference(name)
@@ -413,7 +413,7 @@ def test_lite_variant_grid_backbone_matches_torch_reference(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
 def test_lite_variant_pooled_backbone(name: str) -> None:
-    from captioner.backbones import load_backbone
+    from captioner.features.backbones import load_backbone
 
     size = LITE_VARIANTS[name][0]
     backbone = load_backbone(name, weights="none")
@@ -423,7 +423,7 @@ def test_lite_variant_pooled_backbone(name: str) -> None:
 
 
 def test_lite_variant_errors_name_the_package_and_file(tmp_path: Path) -> None:
-    from captioner.backbones.efficientnet_lite import (
+    from captioner.features.backbones.efficientnet_lite import (
         LITE1,
         LiteConfig,
         checkpoint_path,

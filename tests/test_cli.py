@@ -15,11 +15,12 @@ import pytest
 from PIL import Image
 
 from captioner import __version__
-from captioner.cli import expand_inputs, main
-from captioner.io import write_json
-from captioner.model_folder import DecodingConfig, default_model_dir, write_decoding
-from captioner.model import build_merge_model
-from captioner.text import build_vocabulary, save_vocabulary
+from captioner.app.cli import expand_inputs, main
+from captioner.runtime.io import write_json
+from captioner.config.decoding import DecodingConfig
+from captioner.model.folder import default_model_dir, write_decoding
+from captioner.model.build import build_merge_model
+from captioner.datasets.text import build_vocabulary, save_vocabulary
 
 CAPTIONS = ["startseq a red square endseq", "startseq a blue circle on grey endseq"]
 
@@ -133,7 +134,7 @@ def test_version(capsys) -> None:
 def test_input_errors_come_before_tensorflow_loads(photos: Path, tmp_path: Path) -> None:
     """An empty folder (or a missing model) is reported without importing TensorFlow: instantly."""
     (photos / "empty").mkdir()
-    code = ("import sys; from captioner.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from captioner.app.cli import main; rc = main(sys.argv[1:]); "
             "print('TF', 'tensorflow' in sys.modules); sys.exit(rc)")
     for extra, message in (([str(photos / "empty")], "no images in this folder"),
                            ([str(photos / "a.png"), "--model", str(tmp_path / "none")], "no trained model at")):
@@ -205,7 +206,7 @@ def test_console_script(photos: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def attention_dir(tmp_path_factory) -> Path:
     """A small untrained attention captioner over the 7x7x1280 Lite0 grid (random weights)."""
-    from captioner.model import build_attention_model
+    from captioner.model.build import build_attention_model
 
     out = tmp_path_factory.mktemp("attention")
     vocab = build_vocabulary(CAPTIONS, 1)
@@ -294,8 +295,8 @@ def draw_tiny_photos(folder: Path, per_kind: int = 3) -> dict[Path, str]:
 def trained_tiny_model(base: Path) -> tuple[Path, dict[Path, str]]:
     """A merge captioner trained for a few seconds on Lite0 (ImageNet) features of 24 drawn
     photos: (its model folder, {photo: its caption}). Cached per pytest run (`base`: basetemp)."""
-    from captioner.features import extract
-    from captioner.sequences import encode_captions
+    from captioner.features.extract import extract
+    from captioner.datasets.sequences import encode_captions
     from tests.conftest import fit_toy
 
     photos = draw_tiny_photos(base / "tiny-photos")
@@ -318,10 +319,11 @@ def trained_tiny_model(base: Path) -> tuple[Path, dict[Path, str]]:
 
 def evaluate_like_the_pipeline(model: Path, images: list[Path], config: DecodingConfig) -> list[str]:
     """Captions decoded exactly as stages/evaluate.py decodes (features from `extract`)."""
-    from captioner.decoding import StepDecoder, caption_texts, generate_captions
-    from captioner.io import read_json
-    from captioner.model import load_members
-    from captioner.text import load_vocabulary
+    from captioner.model.step import StepDecoder
+    from captioner.decoding.search import caption_texts, generate_captions
+    from captioner.runtime.io import read_json
+    from captioner.model.build import load_members
+    from captioner.datasets.text import load_vocabulary
 
     feats = extract_features_like_the_pipeline(images)
     vocab = load_vocabulary(model / "vocab.json")
@@ -333,14 +335,14 @@ def evaluate_like_the_pipeline(model: Path, images: list[Path], config: Decoding
 
 @functools.cache
 def _lite0():
-    from captioner.backbones import load_backbone
+    from captioner.features.backbones import load_backbone
 
     return load_backbone("efficientnet_lite0", "imagenet")
 
 
 def extract_features_like_the_pipeline(images: list[Path]):
     """As the extract_features stage: `features.extract` over the image files (Lite0, ImageNet)."""
-    from captioner.features import extract
+    from captioner.features.extract import extract
 
     return extract(images, _lite0(), 32, 2, False).features
 

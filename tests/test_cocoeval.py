@@ -1,4 +1,4 @@
-"""The coco-caption suite, the human ceiling, diversity and the Java fallback (captioner.cocoeval).
+"""The coco-caption suite, the human ceiling, diversity and the Java fallback (captioner.evaluation.cocoeval).
 
 One METEOR JVM (about 15 s to load its paraphrase table) serves the whole module."""
 
@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from captioner import cocoeval
-from captioner.cocoeval import CocoScorer, coco_scores, diversity, java_bin_dir, leave_one_out, ptb_tokenize
-from captioner.evaluation import split_human_ceiling
-from captioner.metrics import corpus_bleu_scores
+from captioner.evaluation.cocoeval import CocoScorer, coco_scores, diversity, java_bin_dir, leave_one_out, ptb_tokenize
+from captioner.evaluation.scores import split_human_ceiling
+from captioner.evaluation.bleu import corpus_bleu_scores
 
 # A fixed example with the raw text's capitals and punctuation.
 REFS = {

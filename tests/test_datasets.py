@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from captioner.datasets import Dataset, detect_layout, load_dataset
+from captioner.datasets.readers import Dataset, detect_layout, load_dataset
 from captioner.datasets.common import assign_splits, split_counts, validate_fractions
 from captioner.datasets.flickr8k import load_flickr8k
 from tests.conftest import require

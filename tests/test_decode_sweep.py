@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from benchmarks import decode_sweep
-from captioner.decoding import StepDecoder, beam_search
-from captioner.metrics import corpus_bleu_scores
-from captioner.features import write_features
-from captioner.io import write_json
-from captioner.text import save_vocabulary
+from captioner.model.step import StepDecoder
+from captioner.decoding.search import beam_search
+from captioner.evaluation.bleu import corpus_bleu_scores
+from captioner.features.store import write_features
+from captioner.runtime.io import write_json
+from captioner.datasets.text import save_vocabulary
 from tests.conftest import COLOURS
 
 
@@ -73,7 +74,7 @@ def test_extra_models_read_their_own_feature_files(project: Path, toy: dict, tmp
     """--extra-features: each extra model reads its own file, matched to the images by id (here
     the same features stored in reverse order: the same captions as reading the main file),
     and a file with other features changes the captions."""
-    from captioner.model import build_merge_model
+    from captioner.model.build import build_merge_model
 
     ids = [f"img{i}" for i in range(12)]
     rev = tmp_path / "reversed.parquet"

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioner.decoding import StepDecoder, beam_search, caption_texts, generate_captions
-from captioner.text import END, PAD, START, UNK, Vocabulary
+from captioner.model.step import StepDecoder
+from captioner.decoding.search import beam_search, caption_texts, generate_captions
+from captioner.datasets.text import END, PAD, START, UNK, Vocabulary
 from tests.conftest import COLOURS
 
 CHAIN_VOCAB = Vocabulary((PAD, UNK, START, END, "x", "y", "z"))
@@ -156,7 +157,7 @@ def test_length_penalty_chooses_the_best_normalised_caption() -> None:
 
 
 def test_repeated_ngram_bans() -> None:
-    from captioner.decoding import repeated_ngram_bans
+    from captioner.decoding.search import repeated_ngram_bans
 
     rows, toks = repeated_ngram_bans(np.array([[5, 6, 7, 5, 6], [1, 2, 3, 4, 5]]), 3)
     assert rows.tolist() == [0] and toks.tolist() == [7]
@@ -246,7 +247,7 @@ def test_ensemble_of_one_model_twice_equals_the_model(toy) -> None:
 
 
 def test_ensemble_members_must_agree(toy) -> None:
-    from captioner.model import build_merge_model
+    from captioner.model.build import build_merge_model
 
     other = build_merge_model(len(toy["vocab"]) + 1, 8, 4, 4, 0.0)
     with pytest.raises(ValueError, match="disagree"):
@@ -270,7 +271,7 @@ def test_a_member_reads_only_its_feature_view(toy) -> None:
 def test_members_on_different_features_average_their_probabilities(toy) -> None:
     """An ensemble whose members read different feature files (here widths 8 and 3) averages
     the next-word probabilities each member gives from its own features."""
-    from captioner.model import build_merge_model
+    from captioner.model.build import build_merge_model
 
     other = build_merge_model(len(toy["vocab"]), 3, 8, 16, 0.0)
     f, g = toy["feats"][:5], np.random.default_rng(4).normal(size=(5, 3)).astype(np.float32)
@@ -286,7 +287,7 @@ def test_members_on_different_features_average_their_probabilities(toy) -> None:
 
 
 def test_a_merge_member_averages_a_grid_view_and_bad_views_are_refused(toy, toy_attention) -> None:
-    from captioner.model import build_merge_model
+    from captioner.model.build import build_merge_model
     from tests.conftest import TOY_CHANNELS, TOY_REGIONS
 
     att, grid = toy_attention["model"], toy_attention["feats"][:4].astype(np.float32)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.cli import main
+from captioner.app.cli import main
 from tests.test_cli import trained_tiny_model
 
 LOADER = r'''
@@ -75,8 +75,8 @@ def _toy_graph(models: list, vocab, config):
     """A CaptionGraph over `models` without a CNN: its `decode` takes features."""
     from types import SimpleNamespace
 
-    from captioner.export import CaptionGraph
-    from captioner.model_folder import Captioner
+    from captioner.app.export import CaptionGraph
+    from captioner.decoding.captioner import Captioner
 
     backbone = SimpleNamespace(model=None, name="efficientnet_lite0", input_size=224)
     return CaptionGraph(Captioner(models, vocab, backbone, config), config)
@@ -84,17 +84,18 @@ def _toy_graph(models: list, vocab, config):
 
 @pytest.mark.parametrize("kinds", [("merge",), ("attention", "merge")])
 def test_the_graph_decodes_exactly_as_beam_search(kinds) -> None:
-    """The exported while_loop against `captioner.decoding.beam_search` on the same features and
+    """The exported while_loop against `captioner.decoding.search.beam_search` on the same features and
     (untrained, so repetitive) models: same words and scores for greedy, beam, length penalty and
     n-gram blocking, including captions cut at max_length."""
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from captioner.decoding import StepDecoder, beam_search
-    from captioner.model import build_attention_model, build_merge_model
-    from captioner.model_folder import DecodingConfig
-    from captioner.text import build_vocabulary
+    from captioner.model.step import StepDecoder
+    from captioner.decoding.search import beam_search
+    from captioner.model.build import build_attention_model, build_merge_model
+    from captioner.config.decoding import DecodingConfig
+    from captioner.datasets.text import build_vocabulary
 
     vocab = build_vocabulary([f"startseq {' '.join('abcdefghijkl')} endseq"], 1)
     regions, channels = 4, 6

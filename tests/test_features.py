@@ -1,4 +1,4 @@
-"""Tests for captioner.features: batched, overlapped extraction and the Parquet feature file."""
+"""Tests for captioner.features.extract: batched, overlapped extraction and the Parquet feature file."""
 
 from __future__ import annotations
 
@@ -10,16 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from captioner.backbones import Backbone
-from captioner.features import (
-    Extraction,
-    decoded_batches,
-    extract,
-    extract_features,
-    read_features,
-    write_features,
-)
-from captioner.images import ImageError, load_image
+from captioner.features.backbones import Backbone
+from captioner.features.extract import Extraction, decoded_batches, extract, extract_features
+from captioner.features.store import read_features, write_features
+from captioner.features.images import ImageError, load_image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SIZE = 16
@@ -107,7 +101,8 @@ def test_features_can_stay_in_the_shards_and_be_written_block_by_block(
     """extract(collect=False) keeps no features in memory; the file written from its shards, a
     row group at a time, is byte for byte the one written from the collected features."""
     from captioner import features as features_mod
-    from captioner.features import shard_features, write_feature_blocks
+    from captioner.features.shards import shard_features
+    from captioner.features.store import write_feature_blocks
 
     missing = tmp_path / "missing.jpg"
     paths = [*images[:3], missing, *images[3:6]]
@@ -137,7 +132,7 @@ def test_empty_input_and_bad_arguments(tiny_backbone: Backbone) -> None:
 
 
 def test_lite0_extraction_matches_torch_reference() -> None:
-    from captioner.backbones import load_backbone
+    from captioner.features.backbones import load_backbone
 
     ref = np.load(FIXTURES / "lite0_reference.npz")
     paths = [FIXTURES / f"lite0_{n}.webp" for n in ref["names"]]
@@ -166,7 +161,7 @@ def test_parquet_roundtrip_and_metadata(tmp_path: Path) -> None:
 
 
 def test_float16_grid_file_in_row_groups(tmp_path: Path, monkeypatch) -> None:
-    import captioner.features as features
+    import captioner.features.extract as features
 
     monkeypatch.setattr(features, "ROW_GROUP_BYTES", 3 * 8 * 4)  # 3 rows per group
     grid = np.random.default_rng(0).uniform(0, 6, (10, 8)).astype(np.float32)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from captioner.gallery import bleu_rows, coco_rows, image_paths, render_gallery, select_examples, write_gallery
+from captioner.evaluation.gallery import bleu_rows, coco_rows, image_paths, render_gallery, select_examples, write_gallery
 from tests.conftest import require
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 180, 20), "blue": (20, 20, 220)}

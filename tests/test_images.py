@@ -1,4 +1,4 @@
-"""Tests for captioner.images: any file in, (size, size, 3) uint8 RGB out, or ImageError naming it."""
+"""Tests for captioner.features.images: any file in, (size, size, 3) uint8 RGB out, or ImageError naming it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.images import NOTE_KINDS, ImageError, decode, load_image, read_image, to_rgb
+from captioner.features.images import NOTE_KINDS, ImageError, decode, load_image, read_image, to_rgb
 
 SIZE = 32
 

@@ -1,4 +1,4 @@
-"""captioner.io.atomic_path: durability (fsync), a crash between the two renames of a folder,
+"""captioner.runtime.io.atomic_path: durability (fsync), a crash between the two renames of a folder,
 concurrent writers of one target, leftovers of dead writers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.io import atomic_path, stale_temporaries
+from captioner.runtime.io import atomic_path, stale_temporaries
 
 
 def _inode(path: Path) -> tuple[int, int]:
@@ -149,7 +149,7 @@ def test_two_concurrent_writers_both_succeed_and_one_complete_output_wins(tmp_pa
 DIES_MID_WRITE = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from captioner.io import atomic_path
+    from captioner.runtime.io import atomic_path
     with atomic_path(Path(sys.argv[1])) as tmp:
         tmp.mkdir()
         (tmp / "half.bin").write_bytes(b"half")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from captioner.datasets import detect_layout, load_dataset
+from captioner.datasets.readers import detect_layout, load_dataset
 from captioner.datasets.karpathy import VARIANTS, load_karpathy
 from captioner.datasets.scenes import make_image
-from captioner.sequences import load_sequences
+from captioner.datasets.sequences import load_sequences
 from tests.test_datasets import check_tidy
 from tests.test_pipeline import REPO, TINY, copy_project, ran_stages, run, set_params
 

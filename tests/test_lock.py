@@ -46,9 +46,9 @@ def test_stale_entries_reads_dvc_status() -> None:
     status = {
         "clean_text": [{"changed deps": {"data/raw/scenes": "deleted"}},
                        {"changed outs": {"data/text": "not in cache"}}],
-        "evaluate": [{"changed deps": {"src/captioner/text.py": "modified",
+        "evaluate": [{"changed deps": {"src/captioner/datasets/text.py": "modified",
                                        "params.yaml": {"evaluate": "modified"}}}, "changed command"],
     }
-    assert stale_entries(status) == ["evaluate: src/captioner/text.py modified",
+    assert stale_entries(status) == ["evaluate: src/captioner/datasets/text.py modified",
                                      "evaluate: params.yaml {'evaluate': 'modified'}",
                                      "evaluate: changed command"]

@@ -3,14 +3,14 @@ import math
 import pandas as pd
 import pytest
 
-from captioner.evaluation import (
+from captioner.evaluation.scores import (
     blind_caption,
     raw_references_by_image,
     references_by_image,
     results_table,
     train_caption_set,
 )
-from captioner.metrics import corpus_bleu_scores, sentence_bleu4
+from captioner.evaluation.bleu import corpus_bleu_scores, sentence_bleu4
 
 
 def test_perfect_and_disjoint_captions() -> None:

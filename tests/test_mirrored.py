@@ -35,8 +35,8 @@ SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     import keras
-    from captioner.model import build_merge_model
-    from captioner.training import (MemberJob, TrainData, caption_lengths, distribution, plan_batches,
+    from captioner.model.build import build_merge_model
+    from captioner.training.fit import (MemberJob, TrainData, caption_lengths, distribution, plan_batches,
                                     train_member)
 
     out = sys.argv[1]

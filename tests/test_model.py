@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from captioner.model import build_merge_model, load_model, model_signature
-from captioner.training import compile_model
+from captioner.model.build import build_merge_model, load_model, model_signature
+from captioner.training.fit import compile_model
 
 
 def test_shapes_and_signature() -> None:
@@ -42,7 +42,7 @@ def test_save_load_roundtrip_and_mismatch_errors(tmp_path, toy) -> None:
 def test_label_smoothing_loss_matches_keras_at_zero_and_ignores_padding() -> None:
     import keras
 
-    from captioner.training import smoothed_masked_loss
+    from captioner.training.fit import smoothed_masked_loss
 
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((3, 5, 11)).astype(np.float32)
@@ -58,7 +58,8 @@ def test_label_smoothing_loss_matches_keras_at_zero_and_ignores_padding() -> Non
 
 
 def test_load_members_of_an_ensemble_folder(tmp_path, toy) -> None:
-    from captioner.model import load_members, member_files
+    from captioner.model.build import load_members
+    from captioner.model.folder import member_files
 
     toy["model"].save(tmp_path / "model.keras")
     toy["model"].save(tmp_path / "model_1.keras")
@@ -73,7 +74,7 @@ def test_load_members_of_an_ensemble_folder(tmp_path, toy) -> None:
 
 @pytest.mark.parametrize("member", ["/etc/model.keras", "../model.keras", "sub/model.keras", "..", ".", "", "a\\b.keras"])
 def test_members_must_be_plain_file_names(tmp_path, toy, member: str) -> None:
-    from captioner.model import load_members
+    from captioner.model.build import load_members
 
     (tmp_path / "model").mkdir()
     toy["model"].save(tmp_path / "model.keras")  # a model outside the folder, where '..' points

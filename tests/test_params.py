@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from captioner.params import ParamsError, check_data_root, load_params
+from captioner.config.params import ParamsError, check_data_root, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from captioner.params import update_params_file
+from captioner.config.params import update_params_file
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[1]

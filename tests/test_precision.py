@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioner.decoding import StepDecoder, beam_search
-from captioner.model import build_attention_model, build_merge_model, load_model
-from captioner.params import Params, TrainParams
-from captioner.precision import BF16_FLAGS, PRECISIONS, cpu_flags, describe_devices, gpu_count, resolve_precision
-from captioner.training import dtype_policy, float32_copy
+from captioner.model.step import StepDecoder
+from captioner.decoding.search import beam_search
+from captioner.model.build import build_attention_model, build_merge_model, load_model
+from captioner.config.params import Params, TrainParams
+from captioner.training.precision import BF16_FLAGS, PRECISIONS, cpu_flags, describe_devices, gpu_count, resolve_precision
+from captioner.training.fit import dtype_policy, float32_copy
 from tests.conftest import COLOURS, TOY_CHANNELS, TOY_REGIONS, fit_toy
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from captioner.params import Params, flatten, load_params
-from captioner.presets import apply_preset, committed_params, describe, main, overrides, parse_override
+from captioner.config.params import Params, flatten, load_params
+from captioner.config.presets import apply_preset, committed_params, describe, main, overrides, parse_override
 from tests.test_pipeline import copy_project, run
 
 REPO = Path(__file__).resolve().parents[1]

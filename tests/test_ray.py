@@ -25,7 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from captioner.params import update_params_file
+from captioner.config.params import update_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker runs them all: one Ray cluster
@@ -126,16 +126,17 @@ def test_extraction_ray_equals_local_byte_for_byte(tmp_path: Path, ray_address: 
 def test_extraction_ray_resumes_local_shards(tmp_path: Path, ray_address: str) -> None:
     """Shards written by an interrupted run are read back by the ray engine (only the missing
     batches go to the actors), and the file is still the uninterrupted one."""
-    from captioner.features import extract, write_features
+    from captioner.features.extract import extract
+    from captioner.features.store import write_features
 
     image_set(tmp_path / "images")
     paths = sorted(str(p) for p in (tmp_path / "images/Flicker8k_Dataset").iterdir())
     project = feature_project(tmp_path, "p", tmp_path / "images", "ray")
     code = textwrap.dedent(f"""
         import sys
-        from captioner.backbones import load_backbone
+        from captioner.features.backbones import load_backbone
         from captioner.engines.extraction import feature_runner
-        from captioner.features import extract, pin_threads, write_features
+        from captioner.features.extract import extract, pin_threads, write_features
         pin_threads({THREADS})
         paths = {paths!r}
         bb = load_backbone("efficientnet_lite0", "imagenet", "pooled")
@@ -165,7 +166,7 @@ def test_extraction_ray_resumes_local_shards(tmp_path: Path, ray_address: str) -
 
 
 def toy_data():
-    from captioner.training import TrainData
+    from captioner.training.fit import TrainData
 
     rng = np.random.default_rng(5)
     n, width, vocab, dim = 96, 9, 10, 6
@@ -178,8 +179,8 @@ def toy_data():
 
 
 def toy_jobs(vocab: int, dim: int):
-    from captioner.model import build_merge_model
-    from captioner.training import MemberJob
+    from captioner.model.build import build_merge_model
+    from captioner.training.fit import MemberJob
 
     build = functools.partial(build_merge_model, vocab, dim, 8, 8, 0.2)  # dropout on: seeds matter
     return [MemberJob(member=m, seed=11 + m, build=build, batch_size=16, bucket_width=2, epochs=2, patience=2,
@@ -200,7 +201,7 @@ LOCAL_ENSEMBLE = textwrap.dedent(f"""
 
 @pytest.mark.slow
 def test_ensemble_ray_equals_local(tmp_path: Path, ray_address: str) -> None:
-    from captioner.curves import CurveLogger
+    from captioner.training.fit import CurveLogger
     from captioner.engines.ensemble import train_members
 
     run([sys.executable, "-c", LOCAL_ENSEMBLE, str(tmp_path)], REPO)  # fresh process: pinned threads
@@ -230,8 +231,8 @@ def test_evaluate_ray_shards_caption_like_one_process(tmp_path: Path, toy: dict,
     """The toy colour model writes a different caption per colour: shards decoded by Ray tasks,
     put back together, give every image its own caption and score, as one process does."""
     from captioner.engines.captioning import decode_captions
-    from captioner.io import write_json
-    from captioner.text import save_vocabulary
+    from captioner.runtime.io import write_json
+    from captioner.datasets.text import save_vocabulary
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from captioner.console import LineLog
-from captioner.curves import CurveLogger, best_epoch_summary
-from captioner.model_card import CardFacts, render_card
-from captioner.plots_template import build_template
-from captioner.release import dataset_name, decoding_settings, write_release
+from captioner.runtime.console import LineLog
+from captioner.training.fit import CurveLogger
+from captioner.training.curves import best_epoch_summary
+from captioner.app.model_card import CardFacts, render_card
+from captioner.app.plots_template import build_template
+from captioner.datasets.readers import dataset_name
+from captioner.app.release import decoding_settings
+from captioner.model.folder import write_release
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = {"bleu1": 0.9, "bleu2": 0.8, "bleu3": 0.7, "bleu4": 0.6,

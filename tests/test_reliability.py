@@ -42,29 +42,24 @@ import pytest
 import yaml
 from PIL import Image
 
-from captioner.backbones import Backbone
-from captioner.backbones.torch_legacy import (
+from captioner.features.backbones import Backbone
+from captioner.features.backbones.torch_legacy import (
     LEGACY_MAGIC,
     LEGACY_PROTOCOL,
     CheckpointError,
     UnsafeCheckpointError,
     read_state_dict,
 )
-from captioner.datasets import load_dataset
+from captioner.datasets.readers import load_dataset
 from captioner.datasets.flickr8k import load_flickr8k
-from captioner.features import (
-    check_bad_images,
-    extract,
-    extraction_key,
-    extraction_report,
-    read_features,
-    shard_path,
-    write_features,
-)
-from captioner.io import atomic_path, reported_errors, stale_temporaries
-from captioner.params import DataParams, ParamsError, check_data_root, load_params
-from captioner.sequences import drop_without_features, feature_rows, load_sequences
-from captioner.text import clean_caption, load_vocabulary
+from captioner.features.extract import check_bad_images, extract, extraction_report
+from captioner.features.shards import extraction_key, shard_path
+from captioner.features.store import read_features, write_features
+from captioner.runtime.io import atomic_path, stale_temporaries
+from captioner.runtime.stage import reported_errors
+from captioner.config.params import DataParams, ParamsError, check_data_root, load_params
+from captioner.datasets.sequences import drop_without_features, feature_rows, load_sequences
+from captioner.datasets.text import clean_caption, load_vocabulary
 from tests.test_pipeline import TINY, copy_project, run, set_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +222,7 @@ def test_huge_photo_decodes_in_bounded_memory(image_zoo: Path) -> None:
     a PNG cannot be decoded at reduced scale: ~105 MiB, bounded by PIL's bomb guard)."""
     script = textwrap.dedent("""
         import resource, sys
-        from captioner.images import read_image
+        from captioner.features.images import read_image
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         read_image(sys.argv[1], 224)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
@@ -488,7 +483,7 @@ def test_a_stage_with_bad_params_prints_one_line_not_a_traceback(tmp_path: Path)
 WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from captioner.io import atomic_path, exit_on_sigterm
+    from captioner.runtime.io import atomic_path, exit_on_sigterm
     exit_on_sigterm()
     target, kind, ready = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     with atomic_path(target) as tmp:
@@ -661,7 +656,7 @@ def test_allowed_global_with_hostile_arguments_is_refused(tmp_path: Path) -> Non
 def test_keras_model_with_code_is_refused(tmp_path: Path) -> None:
     import keras
 
-    from captioner.model import load_model
+    from captioner.model.build import load_model
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))

@@ -1,4 +1,4 @@
-"""captioner.rewards: the vectorised CIDEr-D equals pycocoevalcap's Cider on fixed examples."""
+"""captioner.training.rewards: the vectorised CIDEr-D equals pycocoevalcap's Cider on fixed examples."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from captioner.rewards import CiderD, cider_d
+from captioner.training.rewards import CiderD, cider_d
 
 REFS = {
     "dog": ["a black dog runs across the grass", "a dog is running on a lawn", "the black dog runs",

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.datasets import load_dataset, scenes
+from captioner.datasets.readers import load_dataset
+from captioner.datasets import scenes
 from captioner.datasets.scenes import (
     SHAPES,
     Scene,
@@ -20,7 +21,7 @@ from captioner.datasets.scenes import (
     render_scene,
     sample_scene,
 )
-from captioner.text import clean_caption
+from captioner.datasets.text import clean_caption
 
 FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
 

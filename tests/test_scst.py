@@ -1,4 +1,4 @@
-"""captioner.scst: sampling, the masked REINFORCE loss and SCST raising CIDEr-D on toy tasks.
+"""captioner.training.scst: sampling, the masked REINFORCE loss and SCST raising CIDEr-D on toy tasks.
 
 The toy models are trained by cross-entropy for only 2 epochs, so their samples still vary
 and SCST has something to improve (the shared conftest toys are trained to convergence).
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioner.model import build_attention_model, build_merge_model
-from captioner.rewards import CiderD
-from captioner.scst import (
+from captioner.model.build import build_attention_model, build_merge_model
+from captioner.training.rewards import CiderD
+from captioner.training.scst import (
     CaptionReward,
     ScstConfig,
     ScstTrainer,
@@ -22,8 +22,8 @@ from captioner.scst import (
     sequence_logprob,
     teacher_forcing,
 )
-from captioner.sequences import encode_captions
-from captioner.text import END, PAD, START, UNK, build_vocabulary
+from captioner.datasets.sequences import encode_captions
+from captioner.datasets.text import END, PAD, START, UNK, build_vocabulary
 from tests.conftest import COLOURS, fit_toy
 
 POOL = ("a {} thing", "the {} shape is here", "a {} shape")
@@ -175,7 +175,7 @@ def test_finetune_keeps_each_members_best_dev_epoch(merge_toy: dict) -> None:
     """`finetune` on a 2-member ensemble: a history per member, epoch 0 = the cross-entropy
     model, and each member ends with the weights of its best dev CIDEr-D epoch: with a learning
     rate this large, later epochs get worse, so keeping the last epoch fails this test."""
-    from captioner.scst import finetune, references_by_row
+    from captioner.training.scst import finetune, references_by_row
 
     members = [_fresh(merge_toy)["model"] for _ in range(2)]
     ids = [f"img{i}" for i in range(N)]

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from captioner.sequences import (
+from captioner.datasets.sequences import (
     encode_captions, image_rows, load_sequences, prefix_pairs, save_sequences,
 )
-from captioner.text import build_vocabulary
+from captioner.datasets.text import build_vocabulary
 
 
 def test_prefix_pairs_match_the_seed_table() -> None:

@@ -21,8 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from captioner.model_folder import DecodingConfig, load_captioner, write_decoding
-from captioner.serve import Batcher, ServeSettings, create_app
+from captioner.config.decoding import DecodingConfig
+from captioner.decoding.captioner import load_captioner
+from captioner.model.folder import write_decoding
+from captioner.app.serve import Batcher, ServeSettings, create_app
 from tests.conftest import require
 from tests.test_cli import EVALUATED, evaluate_like_the_pipeline, trained_tiny_model
 
@@ -134,7 +136,7 @@ def test_a_failure_in_the_model_thread_is_a_500_json_and_the_service_goes_on(cap
 def test_concurrent_requests_are_captioned_together_with_the_same_captions(cap, release) -> None:
     model, photos = release
     images = sorted(photos)[:6]
-    from captioner.images import read_image
+    from captioner.features.images import read_image
 
     pixels = [read_image(p, cap.backbone.input_size).pixels for p in images]
     alone = Batcher(cap, EVALUATED, max_batch=1, wait_ms=0, max_queue=64)
@@ -155,7 +157,7 @@ def test_a_full_queue_is_a_503(cap) -> None:
     b = Batcher(cap, EVALUATED, max_batch=1, wait_ms=0, max_queue=1)
     try:
         px = np.zeros((cap.backbone.input_size,) * 2 + (3,), np.uint8)
-        from captioner.serve import BadInput
+        from captioner.app.serve import BadInput
 
         with pytest.raises(BadInput) as e:
             for _ in range(50):
@@ -193,7 +195,7 @@ def served(release):
     """`captioner serve` in its own process (real uvicorn) on a free port of 127.0.0.1."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "captioner.cli", "serve", "--model", str(release[0]), "--port", str(port),
+        [sys.executable, "-m", "captioner.app.cli", "serve", "--model", str(release[0]), "--port", str(port),
          "--max-upload-mb", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -228,9 +230,9 @@ def attention_served(tmp_path_factory):
     """An attention model served by uvicorn in a thread of this process (so that the page can show a map)."""
     import uvicorn
 
-    from captioner.io import write_json
-    from captioner.model import build_attention_model
-    from captioner.text import build_vocabulary, save_vocabulary
+    from captioner.runtime.io import write_json
+    from captioner.model.build import build_attention_model
+    from captioner.datasets.text import build_vocabulary, save_vocabulary
     from tests.test_cli import CAPTIONS
 
     out = tmp_path_factory.mktemp("attention-serve")

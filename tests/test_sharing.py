@@ -32,7 +32,7 @@ RELEASE_FILES = {"model.keras", "vocab.json", "meta.json", "decoding.json", "REA
 
 
 def model_weights(path: Path) -> list[np.ndarray]:
-    from captioner.model import load_model
+    from captioner.model.build import load_model
 
     return load_model(str(path)).get_weights()
 

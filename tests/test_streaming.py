@@ -1,4 +1,4 @@
-"""Features streamed from the Parquet file in windows of row groups (captioner.streaming) give the
+"""Features streamed from the Parquet file in windows of row groups (captioner.training.batches) give the
 in-memory path's batches: bit for bit with one window, the same captions, bucketing and batch
 count with several; `FeatureFile` reads only what is asked."""
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from captioner import features as features_mod
-from captioner.feature_file import FeatureFile
-from captioner.features import read_features, write_features
-from captioner.streaming import batch_count, window_groups, windowed_batches
-from captioner.training import caption_lengths, make_batch, make_dataset, plan_batches
+from captioner.features.store import FeatureFile
+from captioner.features.store import read_features, write_features
+from captioner.training.batches import batch_count, window_groups, windowed_batches
+from captioner.training.batches import caption_lengths, make_batch, make_dataset, plan_batches
 
 
 def _file(tmp_path: Path, monkeypatch, n: int = 50, dim: int = 6, dtype: str = "float16",
@@ -99,7 +99,7 @@ def test_small_windows_keep_every_caption_its_features_and_the_batch_count(tmp_p
 
 
 def test_the_streamed_dataset_matches_the_in_memory_one(tmp_path, monkeypatch) -> None:
-    from captioner.streaming import make_streamed_dataset
+    from captioner.training.batches import make_streamed_dataset
 
     f, feats = _file(tmp_path, monkeypatch)
     ids, rows = _captions(len(f))

@@ -1,6 +1,6 @@
 import pytest
 
-from captioner.text import (
+from captioner.datasets.text import (
     END, PAD, START, UNK, Vocabulary, build_vocabulary, clean_caption, load_vocabulary,
     save_vocabulary, unwrap, wrap,
 )

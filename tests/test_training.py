@@ -2,10 +2,11 @@ import keras
 import numpy as np
 import pytest
 
-from captioner.model import build_merge_model
-from captioner.sequences import encode_captions
-from captioner.text import build_vocabulary
-from captioner.training import caption_lengths, compile_model, fit, make_batch, make_dataset, plan_batches
+from captioner.model.build import build_merge_model
+from captioner.datasets.sequences import encode_captions
+from captioner.datasets.text import build_vocabulary
+from captioner.training.batches import caption_lengths, make_batch, make_dataset, plan_batches
+from captioner.training.fit import compile_model, fit
 from tests.conftest import COLOURS
 
 

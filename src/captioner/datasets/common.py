@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SPLITS: tuple[str, ...] = ("train", "dev", "test")
+from captioner.config.params import SPLITS
+
+__all__ = [
+    "CAPTIONS_PER_IMAGE", "DEFAULT_MAX_BAD_FRACTION", "DEFAULT_MAX_EXAMPLES", "IMAGE_EXTENSIONS",
+    "UTF8_BOM", "Dataset", "ProblemReport", "RawCaption", "assemble", "assign_splits",
+    "check_bad_fraction", "files_on_disk", "find_dir", "image_id_of", "read_lines", "split_counts",
+    "validate_fractions", "where",
+]
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 DEFAULT_MAX_EXAMPLES = 20
 DEFAULT_MAX_BAD_FRACTION = 0.01

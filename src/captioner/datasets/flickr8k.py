@@ -30,6 +30,11 @@ from captioner.datasets.common import (
     where,
 )
 
+__all__ = [
+    "IMAGE_DIRS", "SPLIT_FILES", "TOKEN_FILE", "load_flickr8k", "number_unnumbered", "parse_token_line",
+    "read_split_files", "read_token_file",
+]
+
 TOKEN_FILE = "Flickr8k.token.txt"
 SPLIT_FILES: Mapping[str, str] = {
     "train": "Flickr_8k.trainImages.txt",

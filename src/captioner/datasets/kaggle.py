@@ -28,6 +28,11 @@ from captioner.datasets.common import (
     where,
 )
 
+__all__ = [
+    "CAPTIONS_FILE", "DEFAULT_SPLIT_FRACTIONS", "HEADER", "IMAGE_DIRS", "load_kaggle", "parse_csv_line",
+    "read_captions_csv",
+]
+
 CAPTIONS_FILE = "captions.txt"
 IMAGE_DIRS: tuple[str, ...] = ("Images", "Flicker8k_Dataset", "Flickr8k_Dataset")
 HEADER: tuple[str, str] = ("image", "caption")

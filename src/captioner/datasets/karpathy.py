@@ -37,7 +37,12 @@ from captioner.datasets.common import (
     find_dir,
     image_id_of,
 )
-from captioner.io import read_json
+from captioner.runtime.io import read_json
+
+__all__ = [
+    "JSON_FILES", "SPLIT_MAP", "VARIANTS", "Variant", "find_image_dir", "load_karpathy", "locate_images",
+    "parse_entries", "plain_folder", "sentence_text", "variant_of",
+]
 
 SPLIT_MAP: Mapping[str, str] = {"train": "train", "restval": "train", "val": "dev", "test": "test"}
 

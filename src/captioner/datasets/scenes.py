@@ -31,7 +31,19 @@ from tqdm import tqdm
 
 from captioner.datasets.common import split_counts, validate_fractions
 from captioner.datasets.flickr8k import IMAGE_DIRS, SPLIT_FILES, TOKEN_FILE
-from captioner.io import atomic_path
+from captioner.runtime.io import atomic_path
+
+__all__ = [
+    "BACKGROUNDS", "COLOURS", "COLOUR_JITTER", "DEFAULT_IMAGE_SIZE", "DEFAULT_N_IMAGES", "DEFAULT_SEED",
+    "DEFAULT_SPLIT_FRACTIONS", "EDGE_MARGIN", "GREY_JITTER", "IMAGE_PREFIX", "INVERSE_RELATION",
+    "JPEG_QUALITY", "N_CAPTIONS", "ONE_CANONICAL", "ONE_VARIANTS", "PAIR_OFFSET", "PAIR_RADIUS",
+    "PLAIN_GREYS", "POSITIONS", "POSITION_JITTER", "POSITION_PHRASES", "P_TWO_OBJECTS", "README",
+    "RELATIONS", "RELATION_PHRASES", "ROTATION_JITTER", "SHAPES", "SIZES", "SIZE_JITTER", "SIZE_SYNONYMS",
+    "SUPERSAMPLE", "TWO_CANONICAL", "TWO_VARIANTS", "Scene", "Shape", "assign_scene_splits",
+    "canonical_caption", "caption_slots", "describe_scene", "draw_background", "fix_articles",
+    "generate_scenes", "is_scene_image", "jpeg_bytes", "make_image", "object_centre", "render_scene",
+    "sample_scene", "shape_polygon", "stylise",
+]
 
 DEFAULT_N_IMAGES = 1000
 DEFAULT_IMAGE_SIZE = 128

@@ -10,7 +10,9 @@ from captioner.engines import check_engine
 if TYPE_CHECKING:
     import keras
 
-    from captioner.training import FitResult, MemberJob, TrainData
+    from captioner.training.fit import FitResult, MemberJob, TrainData
+
+__all__ = ["train_members"]
 
 
 def train_members(
@@ -26,8 +28,8 @@ def train_members(
         from captioner.engines.ray_train import train_members as ray_train_members
 
         return ray_train_members(jobs, data, threads, member0_callbacks, verbose)
-    from captioner.features import pin_threads
-    from captioner.training import train_member
+    from captioner.runtime.threads import pin_threads
+    from captioner.training.fit import train_member
 
     pin_threads(threads)
     return [

@@ -1,26 +1,30 @@
 """evaluate.engine=ray: contiguous shards of whole decoding batches captioned by parallel Ray
-tasks (:func:`captioner.engines.captioning.decode_shard`); the driver scores them all at once."""
+tasks (:func:`captioner.decoding.search.decode_folder`); the driver scores them all at once."""
 
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 
-from captioner.engines.captioning import decode_shard
 from captioner.engines.ray_engine import connect, enter, resources
 
 if TYPE_CHECKING:
-    from captioner.decoding import Caption
+    from captioner.config.decoding import DecodingConfig
+    from captioner.decoding.search import Caption
+
+__all__ = ["decode_captions", "shard_bounds"]
 
 
-def _decode(cwd: str, model_dir: str, features: np.ndarray, batch_size: int, decode: dict[str, Any], threads: int):
+def _decode(cwd: str, model_dir: str, features: np.ndarray, batch_size: int, config: DecodingConfig, threads: int):
     enter(cwd, threads)
-    return decode_shard(model_dir, features, batch_size, decode)
+    from captioner.decoding.search import decode_folder
+
+    return decode_folder(model_dir, features, config, batch_size)
 
 
 def shard_bounds(n: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
@@ -33,13 +37,13 @@ def shard_bounds(n: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
 
 
 def decode_captions(
-    model_dir: str | Path, features: np.ndarray, threads: int, shards: int, batch_size: int, decode: dict[str, Any]
+    model_dir: str | Path, features: np.ndarray, threads: int, shards: int, batch_size: int, config: DecodingConfig
 ) -> list[Caption]:
     """Captions of every row of `features`, in order, decoded by parallel Ray tasks."""
     connect()
     res, fits = resources(threads)
     task = ray.remote(_decode).options(**res)
     cwd = os.getcwd()
-    refs = [task.remote(cwd, str(model_dir), features[a:b], batch_size, decode, threads)
+    refs = [task.remote(cwd, str(model_dir), features[a:b], batch_size, config, threads)
             for a, b in shard_bounds(len(features), batch_size, shards or fits)]
     return [c for part in ray.get(refs) for c in part]

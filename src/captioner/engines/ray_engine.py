@@ -4,13 +4,13 @@ project's own functions in Ray workers:
 
 - features: Ray Data streams the batches (lists of image paths) through an actor pool; each
   actor pins TensorFlow's threads, loads the backbone once and runs
-  :func:`captioner.features.run_batches` (the local decode + CNN) on one batch at a time. The
+  :func:`captioner.features.extract.run_batches` (the local decode + CNN) on one batch at a time. The
   results come back in input order and the driver writes shards, report and feature file
   exactly as the local engine does.
-- train: each ensemble member's :func:`captioner.training.train_member` is one Ray task (one
+- train: each ensemble member's :func:`captioner.training.fit.train_member` is one Ray task (one
   GPU where the cluster has GPUs, else `threads` CPUs), in a fresh worker process.
 - evaluate: contiguous shards of whole decoding batches are captioned by parallel tasks
-  (:func:`captioner.engines.captioning.decode_shard`); the driver scores all captions at once.
+  (:func:`captioner.decoding.captioner.decode_folder`); the driver scores all captions at once.
 
 Connecting: ``ray.init()`` joins the cluster named by ``RAY_ADDRESS`` when it is set (a
 KubeRay or ``ray start --head`` cluster), else starts a local one. Workers change to the
@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 
 import ray
+
+__all__ = ["connect", "enter", "resources"]
 
 
 def connect() -> None:
@@ -51,6 +53,6 @@ def enter(cwd: str, threads: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if os.path.isdir(cwd):
         os.chdir(cwd)
-    from captioner.features import pin_threads
+    from captioner.runtime.threads import pin_threads
 
     pin_threads(threads)

@@ -1,5 +1,5 @@
 """features.engine=ray: Ray Data streams the batches (lists of image paths) through an actor
-pool; each actor loads the backbone once and runs :func:`captioner.features.run_batches`."""
+pool; each actor loads the backbone once and runs :func:`captioner.features.extract.run_batches`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import ray
 from captioner.engines.ray_engine import connect, enter, resources
 
 if TYPE_CHECKING:
-    from captioner.features import BatchResult
+    from captioner.features.extract import BatchResult
+
+__all__ = ["FeatureRunner"]
 
 
 class _CNN:
@@ -24,13 +26,13 @@ class _CNN:
     def __init__(self, cwd: str, backbone: str, weights: str, spatial: str, threads: int, workers: int,
                  on_error: str) -> None:
         enter(cwd, threads)
-        from captioner.backbones import load_backbone
+        from captioner.features.backbones import load_backbone
 
         self.backbone = load_backbone(backbone, weights, spatial)
         self.workers, self.on_error = workers, on_error
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from captioner.features import run_batches
+        from captioner.features.extract import run_batches
 
         metas, blobs = [], []
         for span in batch["paths"]:
@@ -44,7 +46,7 @@ class _CNN:
 
 def _result(row: dict) -> BatchResult:
     """A batch's BatchResult from its row (JSON and raw float32 bytes: nothing is unpickled)."""
-    from captioner.features import BatchResult
+    from captioner.features.extract import BatchResult
 
     meta = json.loads(row["meta"])
     features = np.frombuffer(row["features"], np.float32).reshape(meta["shape"]).copy()
@@ -53,7 +55,7 @@ def _result(row: dict) -> BatchResult:
 
 
 class FeatureRunner:
-    """`runner` for :func:`captioner.features.extract`: BatchResults of the spans, in order."""
+    """`runner` for :func:`captioner.features.extract.extract`: BatchResults of the spans, in order."""
 
     def __init__(self, backbone: str, weights: str, spatial: str, threads: int, workers: int, actors: int,
                  on_error: str = "skip") -> None:

@@ -1,4 +1,4 @@
-"""train.engine=ray: each ensemble member's :func:`captioner.training.train_member` is one Ray
+"""train.engine=ray: each ensemble member's :func:`captioner.training.fit.train_member` is one Ray
 task in a fresh worker process (one GPU where the cluster has GPUs, else `threads` CPUs)."""
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from captioner.engines.ray_engine import connect, enter, resources
 if TYPE_CHECKING:
     import keras
 
-    from captioner.training import FitResult, MemberJob, TrainData
+    from captioner.training.fit import FitResult, MemberJob, TrainData
+
+__all__ = ["train_members"]
 
 
 def _fit_member(cwd: str, job: MemberJob, data: TrainData, threads: int, verbose: int | str):
     enter(cwd, threads)
-    from captioner.training import train_member
+    from captioner.training.fit import train_member
 
     model, result = train_member(job, data, None, verbose)
     return model.get_weights(), result  # weights travel; a compiled Keras model does not unpickle
@@ -29,7 +31,7 @@ def _fit_member(cwd: str, job: MemberJob, data: TrainData, threads: int, verbose
 def _rebuilt(job: MemberJob, weights: list[np.ndarray]) -> keras.Model:
     """The member as the local engine returns it: float32, compiled like a float32 member
     (its optimizer state, which decoding never uses, stays in the worker)."""
-    from captioner.training import compile_model, dtype_policy
+    from captioner.training.fit import compile_model, dtype_policy
 
     with dtype_policy("float32"):
         model = job.build()
