@@ -21,7 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import keras
+
+    from captioner.features.store import FeatureFile
+    from captioner.training.fit import MemberJob
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -248,6 +254,14 @@ def feature_table(corpus: Corpus, image_ids: Sequence[str], cache: str | os.Path
     return cache_file(cache, corpus.root, "efficientnet_lite0", weights)
 
 
+def cache_feature_file(corpus: Corpus, cache: str | os.PathLike[str], weights: str = "imagenet") -> FeatureFile:
+    """The cache as a `captioner.features.store.FeatureFile` (its width and layout: what
+    `member_jobs` builds the members for)."""
+    from captioner.features.store import FeatureFile
+
+    return FeatureFile.open(cache_file(cache, corpus.root, "efficientnet_lite0", weights))
+
+
 # ---------------------------------------------------------------- subprocesses
 
 
@@ -266,36 +280,32 @@ def python() -> str:
 # ---------------------------------------------------------------- the project's training
 
 
-def build_ours(vocab_size: int, feature_dim: int, params, member: int = 0,
-               label_smoothing: float | None = None):
-    """The project's merge model, compiled as stages/train.py compiles ensemble member `member`
-    (seed train.seed + member); `label_smoothing` overrides train.label_smoothing."""
+def member_jobs(params, vocab_size: int, features: FeatureFile, **changes: Any) -> list[MemberJob]:
+    """The ensemble's member jobs exactly as the train stage makes them
+    (`captioner.training.ensemble.member_jobs` over the feature file `features`, a
+    `captioner.features.store.FeatureFile`): member i with seed train.seed + i, built by
+    `captioner.model.build.build_member` from the `model` params. Trained in float32, as the
+    benchmarks have always measured (the preset's train.precision `auto` would pick
+    mixed_bfloat16 on a CPU with AVX512_BF16); `changes` override the jobs' fields
+    (epochs, label_smoothing, ...)."""
+    import dataclasses
+
+    from captioner.training.ensemble import member_jobs as stage_jobs
+
+    jobs = stage_jobs(params.model, params.train, vocab_size, features, "float32")
+    return [dataclasses.replace(job, **changes) for job in jobs]
+
+
+def compiled_member(job: MemberJob) -> keras.Model:
+    """A fresh model of a `MemberJob`, seeded, built and compiled as
+    `captioner.training.fit.train_member` does before it fits (one device): for the benchmarks
+    that run and time the epochs themselves; the others call `train_member`."""
     import keras
 
-    from captioner.model.build import build_merge_model
-    from captioner.training.fit import compile_model
+    from captioner.training.fit import compiled_member as build_compiled
 
-    keras.utils.set_random_seed(params.train.seed + member)
-    mp = params.model
-    model = build_merge_model(vocab_size, feature_dim, mp.embedding_dim, mp.units, mp.dropout)
-    smoothing = getattr(params.train, "label_smoothing", 0.0) if label_smoothing is None else label_smoothing
-    compile_model(model, params.train.learning_rate, *([smoothing] if smoothing else []))
-    return model
-
-
-def ensemble_size(params) -> int:
-    """train.ensemble (models trained and averaged at decoding), 1 where the params lack it."""
-    return int(getattr(params.train, "ensemble", 1))
-
-
-def decode_kwargs(params) -> dict[str, Any]:
-    """The evaluate params beam_search takes beyond width/max_length/length_penalty."""
-    import inspect
-
-    from captioner.decoding.search import beam_search
-
-    n = int(getattr(params.evaluate, "block_repeat_ngram", 0))
-    return {"block_repeat_ngram": n} if n and "block_repeat_ngram" in inspect.signature(beam_search).parameters else {}
+    keras.utils.set_random_seed(job.seed)
+    return build_compiled(job)
 
 
 def ours_val_nll(model, ids: np.ndarray, rows: np.ndarray, features: np.ndarray, batch_size: int = 256) -> float:
@@ -341,22 +351,17 @@ def epoch_timer():
 
 
 def extract_like_stage(paths: Sequence[str], backbone, batch_size: int, workers: int):
-    """`captioner.features.extract.extract` called as stages/extract_features.py calls it: bad images
-    skipped, and (where the library supports it) every batch persisted as a resume shard in a
-    fresh folder, so nothing is read back."""
-    import inspect
+    """`captioner.features.extract.extract` called as stages/extract_features.py calls it: bad
+    images skipped and every batch persisted as a resume shard, in a fresh folder (so nothing is
+    read back); the features are also returned in memory (the stage's collect=False reads them
+    back from the shards when it writes the file)."""
     import shutil
     import tempfile
 
     from captioner.features.extract import extract
 
-    kwargs: dict[str, Any] = {"progress": False, "on_error": "skip"}
-    folder = None
-    if "shards" in inspect.signature(extract).parameters:
-        folder = tempfile.mkdtemp(prefix="bench-shards-", dir=WORK if WORK.is_dir() else None)
-        kwargs["shards"] = folder
+    folder = tempfile.mkdtemp(prefix="bench-shards-", dir=WORK if WORK.is_dir() else None)
     try:
-        return extract(paths, backbone, batch_size, workers, **kwargs)
+        return extract(paths, backbone, batch_size, workers, progress=False, on_error="skip", shards=folder)
     finally:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)

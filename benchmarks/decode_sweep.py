@@ -57,35 +57,43 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
 
+    from captioner.config.decoding import DecodingConfig, DecodingError
+
+    try:  # every setting checked before anything is loaded
+        configs = [DecodingConfig().overridden(beam_width=beam, length_penalty=lp, block_repeat_ngram=block,
+                                               max_length=args.max_length)
+                   for beam, lp, block in itertools.product(args.beams, args.penalties, args.blocks)]
+    except DecodingError as e:
+        ap.error(str(e))
+
     import numpy as np
     import pandas as pd
 
-    from captioner.model.step import StepDecoder
     from captioner.decoding.search import generate_captions
     from captioner.evaluation.scores import references_by_image, score, scored_features
     from captioner.features.store import read_features
-    from captioner.runtime.io import read_json
-    from captioner.model.build import load_members
-    from captioner.datasets.text import load_vocabulary
+    from captioner.model.folder import ModelFolder
+    from captioner.model.step import StepDecoder
 
     project = Path(args.project)
     model_dir = project / args.model
-    meta = read_json(model_dir / "meta.json")
-    features_path = Path(args.features or project / f"data/features/{meta['backbone']}.parquet")
+    folder = ModelFolder.open(model_dir)
+    features_path = Path(args.features or project / f"data/features/{folder.backbone}.parquet")
     refs = references_by_image(pd.read_parquet(project / f"data/text/{args.split}.parquet"))
     feat_ids, features, _ = read_features(features_path)
     image_ids, feats, _ = scored_features(refs, feat_ids, features)
-    vocab = load_vocabulary(model_dir / "vocab.json")
-    models = load_members(model_dir, meta, features.shape[1], len(vocab))
+    vocab = folder.vocabulary()
+    models = folder.load_models(features.shape[1], len(vocab))
     if args.extra_features and len(args.extra_features) != len(args.extra_model):
         ap.error(f"--extra-features: one file per --extra-model ({len(args.extra_model)}), "
                  f"got {len(args.extra_features)}")
     views = [(0, feats.shape[1])] * len(models)
     blocks = [feats]
     for k, extra in enumerate(args.extra_model):
-        if load_vocabulary(Path(extra) / "vocab.json").tokens != vocab.tokens:
+        extra_folder = ModelFolder.open(extra)
+        if extra_folder.vocabulary().tokens != vocab.tokens:
             ap.error(f"--extra-model {extra}: its vocabulary differs from {model_dir}'s")
-        extra_models = load_members(extra, read_json(Path(extra) / "meta.json"), None, len(vocab))
+        extra_models = extra_folder.load_models(None, len(vocab))
         if args.extra_features:
             ids_k, feats_k, _ = scored_features(refs, *read_features(args.extra_features[k])[:2])
             if list(ids_k) != list(image_ids):
@@ -103,14 +111,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"decode_sweep: {model_dir} + {args.extra_model} ({len(models)} model(s)) on {len(image_ids)} "
           f"{args.split} images, features {features_path}")
     if args.subsets:
-        return _subsets(args, models, feats, vocab, refs, image_ids, views)
+        return _subsets(args, configs[0], models, feats, vocab, refs, image_ids, views)
     decoder = StepDecoder(models, views)
     print(f"{'beam':>4} {'lp':>4} {'block':>5}  BLEU-1 BLEU-2 BLEU-3 BLEU-4  words  seconds")
     out, hyps = [], []
-    for beam, lp, block in itertools.product(args.beams, args.penalties, args.blocks):
+    for config in configs:
+        beam, lp, block = config.beam_width, config.length_penalty, config.block_repeat_ngram
         start = time.perf_counter()
-        caps = generate_captions(decoder, feats, vocab, beam, args.max_length, lp, args.batch_size,
-                                 progress=False, block_repeat_ngram=block)
+        caps = generate_captions(decoder, feats, vocab, config, args.batch_size, progress=False)
         seconds = time.perf_counter() - start
         bleu = score(refs, image_ids, [c.words for c in caps])
         words = float(np.mean([len(c.words) for c in caps]))
@@ -126,15 +134,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return out
 
 
-def _subsets(args, models, feats, vocab, refs, image_ids, views) -> list[dict]:
-    """BLEU of every sub-ensemble of each size in args.subsets, then mean / min / max per size."""
+def _subsets(args, config, models, feats, vocab, refs, image_ids, views) -> list[dict]:
+    """BLEU of every sub-ensemble of each size in args.subsets, decoded with `config` (the first
+    setting), then mean / min / max per size."""
     import numpy as np
 
-    from captioner.model.step import StepDecoder
     from captioner.decoding.search import generate_captions
     from captioner.evaluation.scores import score
+    from captioner.model.step import StepDecoder
 
-    beam, lp, block = args.beams[0], args.penalties[0], args.blocks[0]
+    beam, lp, block = config.beam_width, config.length_penalty, config.block_repeat_ngram
     print(f"sub-ensembles of {args.subsets} of the {len(models)} models, beam {beam}, lp {lp}, block {block}")
     print(f"{'size':>4} {'members':<16} BLEU-1 BLEU-2 BLEU-3 BLEU-4")
     out, hyps = [], []
@@ -142,9 +151,7 @@ def _subsets(args, models, feats, vocab, refs, image_ids, views) -> list[dict]:
         rows = []
         for members in itertools.combinations(range(len(models)), k):
             decoder = StepDecoder([models[i] for i in members], views and [views[i] for i in members])
-            caps = generate_captions(decoder, feats, vocab, beam,
-                                     args.max_length, lp, args.batch_size, progress=False,
-                                     block_repeat_ngram=block)
+            caps = generate_captions(decoder, feats, vocab, config, args.batch_size, progress=False)
             bleu = score(refs, image_ids, [c.words for c in caps])
             rows.append({"size": k, "members": list(members), **bleu})
             hyps.append([c.words for c in caps])

@@ -2,8 +2,8 @@
 
 train.ensemble models (the preset's; members with seeds seed, seed + 1, ... as stages/train.py)
 are trained briefly on a train slice (speed does not depend on their quality, but caption
-length does: the mean number of words generated is reported with every figure), saved and
-loaded back with `captioner.model.build.load_model`, and decoded with `captioner.decoding.search`
+length does: the mean number of words generated is reported with every figure), saved as a
+model folder and loaded back (`captioner.model.folder`), and decoded with `captioner.decoding.search`
 (StepDecoder + beam_search) with the evaluate params (length penalty, n-gram blocking):
   latency      one image at a time (batch 1), greedy and beam 3: ms per image, median over images;
   dev set      the first 1,000 dev images in batches of evaluate.batch_size, beam 3 (and greedy):
@@ -36,14 +36,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     import numpy as np
 
-    from captioner.model.step import StepDecoder
+    from captioner.config.decoding import DecodingConfig
     from captioner.decoding.search import beam_search, generate_captions
-    from captioner.model.build import load_model
+    from captioner.model.folder import ModelFolder, model_meta, save_model_folder
+    from captioner.model.step import StepDecoder
     from captioner.training.batches import make_dataset
+    from captioner.training.ensemble import member_kinds
 
     params = common.bench_params()
     info = common.machine()
-    ep, tp = params.evaluate, params.train
+    ep = params.evaluate
     corpus = common.load_corpus(args.data, params)
     train_imgs = corpus.split_images("train", args.train_images)
     dev_imgs = corpus.split_images("dev", max(args.eval_images, args.latency_images))
@@ -52,33 +54,39 @@ def main(argv: list[str] | None = None) -> dict:
     ids, img = corpus.encode(train_imgs)
     row_of = {i: r for r, i in enumerate(train_imgs)}
     rows = np.array([row_of[i] for i in img])
-    n_models = common.ensemble_size(params)
+    table = common.cache_feature_file(corpus, args.cache, args.weights)
+    jobs = common.member_jobs(params, len(corpus.vocab), table)
+    n_models = len(jobs)
     print(f"inference: training {n_models} model(s) for {args.epochs} epoch(s) on {len(train_imgs)} train "
           f"images ({len(ids)} captions)")
-    models, train_s = [], 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        load_s = 0.0
-        for member in range(n_models):  # as stages/train.py: member i with seed + i
-            model = common.build_ours(len(corpus.vocab), feats.shape[1], params, member)
-            t, _ = common.timed(lambda: model.fit(
-                make_dataset(ids, rows, tr_feats, tp.batch_size, tp.bucket_width, tp.seed + member),
-                epochs=args.epochs, shuffle=False, verbose=0))
-            train_s += t
-            path = Path(tmp) / f"model_{member}.keras"
-            model.save(path)
-            t, loaded = common.timed(lambda: load_model(str(path), feats.shape[1], len(corpus.vocab)))
-            load_s += t
-            models.append(loaded)
+    trained, train_s = [], 0.0
+    for job in jobs:  # as stages/train.py: member i with seed + i
+        model = common.compiled_member(job)
+        t, _ = common.timed(lambda: model.fit(
+            make_dataset(ids, rows, tr_feats, job.batch_size, job.bucket_width, job.seed),
+            epochs=args.epochs, shuffle=False, verbose=0))
+        train_s += t
+        trained.append(model)
+    with tempfile.TemporaryDirectory() as tmp:  # saved and loaded back as a model folder
+        folder = Path(tmp) / "model"
+        save_model_folder(folder, trained, corpus.vocab, model_meta(
+            backbone=table.backbone, weights=table.weights, feature_dim=table.dim, vocab_size=len(corpus.vocab),
+            member_kinds=member_kinds(params.model, params.train), grid=False, best_epoch=args.epochs,
+            best_val_loss=float("nan")))  # trained without validation
+        del trained
+        load_s, models = common.timed(lambda: ModelFolder.open(folder).load_models(feats.shape[1], len(corpus.vocab)))
     vocab = corpus.vocab
-    extra = common.decode_kwargs(params)
+    pipeline = DecodingConfig.of(ep)  # the evaluate stage's settings (beam width set per figure)
+    single = DecodingConfig(max_length=ep.max_length)  # one model, plain beam search
+    configs = {"pipeline": pipeline, "single": single}
+    extra = {"block_repeat_ngram": pipeline.block_repeat_ngram} if pipeline.block_repeat_ngram else {}
     decoders = {"pipeline": StepDecoder(models if n_models > 1 else models[0])}
     if n_models > 1 or extra or ep.length_penalty:
         decoders["single"] = StepDecoder(models[0])  # one model, plain beam search: for reference
 
     def decode(x: np.ndarray, k: int, variant: str = "pipeline"):
-        if variant == "pipeline":
-            return beam_search(decoders[variant], x, vocab, k, ep.max_length, ep.length_penalty, **extra)
-        return beam_search(decoders[variant], x, vocab, k, ep.max_length)
+        c = configs[variant]
+        return beam_search(decoders[variant], x, vocab, k, c.max_length, c.length_penalty, c.block_repeat_ngram)
 
     first = {f"{v}_beam{k}": round(common.timed(lambda k=k, v=v: decode(dev_feats[:1], k, v))[0], 3)
              for k in (1, 3) for v in decoders}  # traces
@@ -109,13 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     for k, variant in [(k, v) for v in decoders for k in (3, 1)]:
         runs, words = [], []
         for _ in range(args.repeats):
-            if variant == "pipeline":
-                t, caps = common.timed(lambda k=k: generate_captions(
-                    decoders[variant], dev_feats[:n_eval], vocab, k, ep.max_length, ep.length_penalty,
-                    ep.batch_size, False, **extra))
-            else:
-                t, caps = common.timed(lambda k=k: generate_captions(
-                    decoders[variant], dev_feats[:n_eval], vocab, k, ep.max_length, 0.0, ep.batch_size, False))
+            config = configs[variant].overridden(beam_width=k)
+            t, caps = common.timed(lambda c=config, v=variant: generate_captions(
+                decoders[v], dev_feats[:n_eval], vocab, c, ep.batch_size, False))
             runs.append(t)
             words = [len(c.words) for c in caps]
         key = f"dev_beam{k}" if variant == "pipeline" else f"dev_beam{k}_single"

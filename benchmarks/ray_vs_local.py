@@ -107,10 +107,10 @@ def bench_ensemble(base: Path, members: int, epochs: int, threads: int) -> dict:
             prep, "train.py", "--features", "data/features/f.parquet", "--text", "data/text",
             "--sequences", "data/sequences", "--out", f"models/{n}", "--live", f"live/{n}"))
         models[name] = prep / "models" / name
-    import keras
+    from captioner.model.folder import ModelFolder
 
     def weights(folder: Path) -> list[list[np.ndarray]]:
-        return [keras.saving.load_model(f, compile=False).get_weights() for f in sorted(folder.glob("*.keras"))]
+        return [m.get_weights() for m in ModelFolder.open(folder).load_models()]
 
     ref = weights(models[f"local_threads{threads}"])
     for name, folder in models.items():

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     params = common.bench_params()
     info = common.machine()
-    fp, tp = params.features, params.train
+    fp = params.features
     corpus = common.load_corpus(args.data, params)
     images = corpus.images
     sizes = [n for n in (int(s) for s in args.sizes.split(",")) if n <= len(images)] or [len(images)]
@@ -144,12 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
                        {"backbone": "efficientnet_lite0", "weights": args.weights})
 
     all_ids = images["image_id"].tolist()
+    job = common.member_jobs(params, len(corpus.vocab), common.cache_feature_file(corpus, args.cache, args.weights))[0]
     for n in sizes:
         ids, img = corpus.encode(all_ids[:n])
         row_of = {i: r for r, i in enumerate(all_ids[:n])}
         rows = np.array([row_of[i] for i in img])
-        model = common.build_ours(len(corpus.vocab), features.shape[1], params)
-        ds = make_dataset(ids, rows, features, tp.batch_size, tp.bucket_width, tp.seed)
+        model = common.compiled_member(job)  # member 0, as stages/train.py builds it
+        ds = make_dataset(ids, rows, features, job.batch_size, job.bucket_width, job.seed)
         model.fit(ds.take(2), epochs=1, shuffle=False, verbose=0)  # trace the train step
         t, c, _ = common.timed_cpu(lambda: model.fit(ds, epochs=1, shuffle=False, verbose=0))
         train_s.append(t)

@@ -78,31 +78,25 @@ def bad_uploads(good: bytes, max_upload: int) -> dict[str, bytes]:
 
 
 def stand_in_model(folder: Path, params, weights: str) -> Path:
-    """train.ensemble untrained merge members of the preset's shape + decoding.json (beam 3, 12 words)."""
-    from captioner.runtime.io import write_json
-    from captioner.model.build import build_merge_model
-    from captioner.config.decoding import DecodingConfig
-    from captioner.model.folder import write_decoding
-    from captioner.datasets.text import build_vocabulary, save_vocabulary
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = build_vocabulary([f"startseq {' '.join(f'w{i}' for i in range(PRESET_VOCAB))} endseq"], 1)
-    mp, members = params.model, common.ensemble_size(params)
+    """A model folder of train.ensemble untrained merge members of the preset's shape, whose
+    decoding settings are beam 3 and 12 words at most."""
     import keras
 
-    names = []
-    for m in range(members):
+    from captioner.config.decoding import DecodingConfig
+    from captioner.datasets.text import build_vocabulary
+    from captioner.model.build import build_member
+    from captioner.model.folder import model_meta, save_model_folder, write_decoding
+
+    vocab = build_vocabulary([f"startseq {' '.join(f'w{i}' for i in range(PRESET_VOCAB))} endseq"], 1)
+    kinds = ["merge"] * params.train.ensemble
+    models = []
+    for m, kind in enumerate(kinds):
         keras.utils.set_random_seed(params.train.seed + m)
-        name = f"model-{m}.keras" if members > 1 else "model.keras"
-        build_merge_model(len(vocab), 1280, mp.embedding_dim, mp.units, mp.dropout).save(folder / name)
-        names.append(name)
-    if "model.keras" not in names:
-        (folder / "model.keras").write_bytes((folder / names[0]).read_bytes())
-    save_vocabulary(folder / "vocab.json", vocab)
-    write_json(folder / "meta.json", {"backbone": "efficientnet_lite0", "weights": weights, "feature_dim": 1280,
-                                      "vocab_size": len(vocab), "members": names})
-    ep = params.evaluate
-    write_decoding(folder, DecodingConfig(3, ep.length_penalty, ep.block_repeat_ngram, 12))
+        models.append(build_member(kind, params.model, len(vocab), 1280))
+    save_model_folder(folder, models, vocab, model_meta(
+        backbone="efficientnet_lite0", weights=weights, feature_dim=1280, vocab_size=len(vocab), member_kinds=kinds,
+        grid=False, best_epoch=0, best_val_loss=float("nan")))  # untrained: no epoch, no validation loss
+    write_decoding(folder, DecodingConfig.of(params.evaluate).overridden(beam_width=3, max_length=12))
     return folder
 
 
@@ -243,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-batch", type=int, default=8, help="the batched run's (the service default)")
     ap.add_argument("--images", type=int, default=40, help="distinct good photos (quick: 4)")
     ap.add_argument("--beam", type=int, default=3,
-                    help="beam width the server decodes with (the target's: 3; 0 = the model's decoding.json)")
+                    help="beam width the server decodes with (the target's: 3; 0 = the model folder's decoding settings)")
     ap.add_argument("--unbatched", action=argparse.BooleanOptionalAction, default=True,
                     help="also run with --max-batch 1 (does batching pay?)")
     args = ap.parse_args(argv)
@@ -262,11 +256,11 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(args.cache).parent  # data/bench by default
         model = stand_in_model(work / f"serve-model-{args.weights}{'-quick' if args.quick else ''}", params,
                                args.weights)
-        what = (f"stand-in: {common.ensemble_size(params)} untrained merge members of the Flickr8k merge preset's "
+        what = (f"stand-in: {params.train.ensemble} untrained merge members of the Flickr8k merge preset's "
                 f"shape (vocab {PRESET_VOCAB}), beam 3, 12 words")
     with tempfile.TemporaryDirectory() as tmp:
         images = good_images(args.data, args.images, Path(tmp))
-    what += f", served at beam {args.beam}" if args.beam else ", served with its decoding.json"
+    what += f", served at beam {args.beam}" if args.beam else ", served with its decoding settings"
     print(f"serve_load: {what}; {args.clients} clients, {args.seconds:g} s or {args.requests} requests per run")
     runs = {}
     for batch in dict.fromkeys((args.max_batch, 1) if args.unbatched else (args.max_batch,)):

@@ -1,6 +1,6 @@
 """Streamed vs in-memory features: training words/s on the same data, in the same process.
 
-  memory   captioner.training.fit.make_dataset over the whole feature array (read_features);
+  memory   captioner.training.batches.make_dataset over the whole feature array (read_features);
   stream   captioner.training.batches.make_streamed_dataset over the Parquet file, in windows of
            `--window-mb` of row groups (the train stage's path), the file written with row
            groups of `--group-mb` so that an epoch really crosses several windows.
@@ -31,16 +31,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.train_images, args.epochs, args.group_mb, args.window_mb = 24, 2, 0.02, 0.03
 
-    import numpy as np
-
-    from captioner.features.store import FeatureFile
-    from captioner.features.store import read_features, write_features
     from captioner.datasets.sequences import image_rows
-    from captioner.training.batches import make_streamed_dataset, window_groups
-    from captioner.training.batches import make_dataset
+    from captioner.features.store import FeatureFile, read_features, write_features
+    from captioner.training.batches import make_dataset, make_streamed_dataset, window_groups
 
     params = common.bench_params()
-    tp = params.train
     corpus = common.load_corpus(args.data, params)
     imgs = corpus.split_images("train", args.train_images)
     feats = common.features_for(corpus, imgs, args.cache, weights=args.weights)
@@ -57,11 +52,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"stream: {len(imgs)} train images, {len(ids)} captions, {words} words; {file.groups} row groups, "
           f"{window} per window ({windows} windows)", flush=True)
 
+    job = common.member_jobs(params, len(corpus.vocab), file)[0]  # member 0, as stages/train.py builds it
     datasets = {
-        "memory": make_dataset(ids, rows, in_memory, tp.batch_size, tp.bucket_width, tp.seed),
-        "stream": make_streamed_dataset(file, ids, rows, tp.batch_size, tp.bucket_width, window, tp.seed),
+        "memory": make_dataset(ids, rows, in_memory, job.batch_size, job.bucket_width, job.seed),
+        "stream": make_streamed_dataset(file, ids, rows, job.batch_size, job.bucket_width, window, job.seed),
     }
-    models = {k: common.build_ours(len(corpus.vocab), file.dim, params) for k in datasets}
+    models = {k: common.compiled_member(job) for k in datasets}  # the same initial weights
     seconds: dict[str, list[float]] = {k: [] for k in datasets}
     for e in range(1, args.epochs + 1):
         for k, ds in datasets.items():
@@ -79,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     part = {"summary": summary, "machine": common.machine(),
             "data": {"train_images": len(imgs), "captions": len(ids), "words": words, "row_groups": file.groups,
                      "groups_per_window": window, "windows": windows, "feature_dim": file.dim,
-                     "batch_size": tp.batch_size},
+                     "batch_size": job.batch_size},
             "epoch_s": {k: [round(s, 2) for s in v] for k, v in seconds.items()}}
     common.write_part(args.out, part)
     return part

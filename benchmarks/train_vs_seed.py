@@ -55,10 +55,9 @@ def hwm_gb() -> float | None:
 def child_rss(args) -> None:
     """Train ours for `--epochs-full` epoch(s) on all train images, as stages/train.py does; print JSON."""
     after_import = hwm_gb()
-    from captioner.features.store import read_features
     from captioner.datasets.sequences import image_rows
-    from captioner.training.fit import fit
-    from captioner.training.batches import make_dataset
+    from captioner.features.store import FeatureFile, read_features
+    from captioner.training.fit import TrainData, train_member
 
     params = common.bench_params()
     corpus = common.load_corpus(args.data, params)
@@ -69,21 +68,17 @@ def child_rss(args) -> None:
     feat_ids, features, _ = read_features(table)
     seqs = {s: corpus.encode(imgs) for s, imgs in (("train", train_imgs), ("dev", dev_imgs))}
     rows = {s: image_rows(img, feat_ids) for s, (_, img) in seqs.items()}
-    tp = params.train
-    dev = make_dataset(seqs["dev"][0], rows["dev"], features, tp.batch_size, tp.bucket_width, None)
+    data = TrainData(seqs["train"][0], rows["train"], seqs["dev"][0], rows["dev"], features)
     timer = common.epoch_timer()
     models = []
-    for member in range(common.ensemble_size(params)):  # one after another, as stages/train.py
-        model = common.build_ours(len(corpus.vocab), features.shape[1], params, member)
-        train = make_dataset(seqs["train"][0], rows["train"], features, tp.batch_size, tp.bucket_width,
-                             tp.seed + member)
-        fit(model, train, dev, args.epochs_full, tp.patience, callbacks=[timer], verbose=0)
+    for job in common.member_jobs(params, len(corpus.vocab), FeatureFile.open(table), epochs=args.epochs_full):
+        model, _ = train_member(job, data, callbacks=[timer], verbose=0)  # one after another, as stages/train.py
         models.append(model)
     words = common.n_words(seqs["train"][0])
     print(json.dumps({
         "train_images": len(train_imgs), "train_captions": len(seqs["train"][0]), "train_words": words,
         "dev_images": len(dev_imgs), "feature_rows": len(feat_ids), "epochs": args.epochs_full,
-        "ensemble": len(models), "label_smoothing": getattr(tp, "label_smoothing", 0.0),
+        "ensemble": len(models), "label_smoothing": params.train.label_smoothing,
         "epoch_s": [round(s, 2) for s in timer.seconds],
         "words_per_s": round(words / common.median(timer.seconds), 1),  # 1 epoch per member
         "hwm_after_import_gb": after_import and round(after_import, 3),
@@ -137,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
 
     from benchmarks.seed import build_seed_model, seed_bytes, seed_samples, seed_val_nll
-    from captioner.training.batches import make_dataset, plan_batches, caption_lengths
+    from captioner.training.batches import caption_lengths, make_dataset, plan_batches
 
     params = common.bench_params()
     tp, mp = params.train, params.model
@@ -178,8 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- ours and the seed (same number of steps per epoch), epochs interleaved so that any
     # drift in the machine's speed hits both alike
-    model = common.build_ours(vsize, dim, params, label_smoothing=args.label_smoothing)
-    ds = make_dataset(tr_ids, tr_rows, feats, tp.batch_size, tp.bucket_width, tp.seed)
+    job = common.member_jobs(params, vsize, common.cache_feature_file(corpus, args.cache, args.weights),
+                             label_smoothing=args.label_smoothing)[0]
+    model = common.compiled_member(job)
+    ds = make_dataset(tr_ids, tr_rows, feats, job.batch_size, job.bucket_width, job.seed)
     seed = build_seed_model(vsize, dim, max_len, mp.embedding_dim, mp.units, mp.dropout, tp.learning_rate)
     ours_s, ours_val, seed_s, seed_val = [], [], [], []
     for e in range(1, args.epochs + 1):

@@ -167,7 +167,7 @@ def test_bad_decoding_json_is_a_clear_error(model_dir: Path, photos: Path, tmp_p
     (other / "decoding.json").write_text('{"beam_width": 0, "max_length": 5}')
     assert main(["caption", str(photos / "a.png"), "--model", str(other)]) == 2
     err = capsys.readouterr().err
-    assert f"{other / 'decoding.json'}: decoding setting beam_width must be" in err
+    assert f"{other / 'decoding.json'}: beam_width: Input should be greater than or equal to 1" in err
 
 
 def test_plain_output_for_a_glob(model_dir: Path, photos: Path, capsys) -> None:
@@ -319,18 +319,9 @@ def trained_tiny_model(base: Path) -> tuple[Path, dict[Path, str]]:
 
 def evaluate_like_the_pipeline(model: Path, images: list[Path], config: DecodingConfig) -> list[str]:
     """Captions decoded exactly as stages/evaluate.py decodes (features from `extract`)."""
-    from captioner.model.step import StepDecoder
-    from captioner.decoding.search import caption_texts, generate_captions
-    from captioner.runtime.io import read_json
-    from captioner.model.build import load_members
-    from captioner.datasets.text import load_vocabulary
+    from captioner.decoding.search import caption_texts, decode_folder
 
-    feats = extract_features_like_the_pipeline(images)
-    vocab = load_vocabulary(model / "vocab.json")
-    models = load_members(model, read_json(model / "meta.json"), feats.shape[1], len(vocab))
-    captions = generate_captions(StepDecoder(models), feats, vocab, config.beam_width, config.max_length,
-                                 config.length_penalty, 256, False, block_repeat_ngram=config.block_repeat_ngram)
-    return caption_texts(captions)
+    return caption_texts(decode_folder(model, extract_features_like_the_pipeline(images), config, 256))
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from captioner import cocoeval
+from captioner.evaluation import cocoeval
 from captioner.evaluation.cocoeval import CocoScorer, coco_scores, diversity, java_bin_dir, leave_one_out, ptb_tokenize
 from captioner.evaluation.scores import split_human_ceiling
 from captioner.evaluation.bleu import corpus_bleu_scores

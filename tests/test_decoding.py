@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from captioner.model.step import StepDecoder
+from captioner.config.decoding import DecodingConfig
 from captioner.decoding.search import beam_search, caption_texts, generate_captions
 from captioner.datasets.text import END, PAD, START, UNK, Vocabulary
 from tests.conftest import COLOURS
@@ -130,7 +131,8 @@ def test_max_length_and_batching(toy) -> None:
     dec, vocab = StepDecoder(toy["model"]), toy["vocab"]
     short = beam_search(dec, toy["feats"][:5], vocab, 3, max_length=2)
     assert all(len(c.words) <= 2 for c in short)
-    batched = generate_captions(dec, toy["feats"][:7], vocab, 3, 10, 0.0, batch_size=3, progress=False)
+    batched = generate_captions(dec, toy["feats"][:7], vocab, DecodingConfig(beam_width=3, max_length=10),
+                                batch_size=3, progress=False)
     whole = beam_search(dec, toy["feats"][:7], vocab, 3, 10)
     assert caption_texts(batched) == caption_texts(whole)
     assert [c.logprob for c in batched] == pytest.approx([c.logprob for c in whole], abs=1e-5)

@@ -78,7 +78,7 @@ def _toy_graph(models: list, vocab, config):
     from captioner.app.export import CaptionGraph
     from captioner.decoding.captioner import Captioner
 
-    backbone = SimpleNamespace(model=None, name="efficientnet_lite0", input_size=224)
+    backbone = SimpleNamespace(model=None, name="efficientnet_lite0", input_size=224, preprocess_graph=None)
     return CaptionGraph(Captioner(models, vocab, backbone, config), config)
 
 
@@ -112,8 +112,8 @@ def test_the_graph_decodes_exactly_as_beam_search(kinds) -> None:
     feats = np.random.default_rng(0).normal(size=(5, regions * channels)).astype(np.float32)
     decoder = StepDecoder(models)
     results = {}
-    for config in [DecodingConfig(1, 0.0, 0, 7), DecodingConfig(3, 0.0, 0, 7), DecodingConfig(3, 1.1, 2, 7),
-                   DecodingConfig(4, 0.6, 3, 9), DecodingConfig(2, 0.0, 1, 5)]:
+    for config in [DecodingConfig(beam_width=1, length_penalty=0.0, block_repeat_ngram=0, max_length=7), DecodingConfig(beam_width=3, length_penalty=0.0, block_repeat_ngram=0, max_length=7), DecodingConfig(beam_width=3, length_penalty=1.1, block_repeat_ngram=2, max_length=7),
+                   DecodingConfig(beam_width=4, length_penalty=0.6, block_repeat_ngram=3, max_length=9), DecodingConfig(beam_width=2, length_penalty=0.0, block_repeat_ngram=1, max_length=5)]:
         want = beam_search(decoder, feats, vocab, config.beam_width, config.max_length, config.length_penalty,
                            config.block_repeat_ngram)
         got = _toy_graph(models, vocab, config).decode(tf.constant(feats))
@@ -122,4 +122,4 @@ def test_the_graph_decodes_exactly_as_beam_search(kinds) -> None:
         assert got["score"].numpy() == pytest.approx([c.logprob for c in want], abs=1e-4), config
         results[config] = texts
     assert len({tuple(t) for t in results.values()}) >= 3  # the settings do change the captions
-    assert any(len(t.split()) == 7 for t in results[DecodingConfig(1, 0.0, 0, 7)])  # some are cut
+    assert any(len(t.split()) == 7 for t in results[DecodingConfig(beam_width=1, length_penalty=0.0, block_repeat_ngram=0, max_length=7)])  # some are cut

@@ -100,7 +100,7 @@ def test_features_can_stay_in_the_shards_and_be_written_block_by_block(
 ) -> None:
     """extract(collect=False) keeps no features in memory; the file written from its shards, a
     row group at a time, is byte for byte the one written from the collected features."""
-    from captioner import features as features_mod
+    from captioner.features import store as features_mod
     from captioner.features.shards import shard_features
     from captioner.features.store import write_feature_blocks
 
@@ -161,7 +161,7 @@ def test_parquet_roundtrip_and_metadata(tmp_path: Path) -> None:
 
 
 def test_float16_grid_file_in_row_groups(tmp_path: Path, monkeypatch) -> None:
-    import captioner.features.extract as features
+    import captioner.features.store as features
 
     monkeypatch.setattr(features, "ROW_GROUP_BYTES", 3 * 8 * 4)  # 3 rows per group
     grid = np.random.default_rng(0).uniform(0, 6, (10, 8)).astype(np.float32)

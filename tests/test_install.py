@@ -129,7 +129,7 @@ def test_makefile_pins_uv_and_locks_what_pyproject_says() -> None:
 def test_stages_say_in_one_line_when_no_flavour_is_installed(monkeypatch) -> None:
     import importlib.util
 
-    from captioner import console
+    from captioner.runtime import console
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "tensorflow" else real(m, *a))

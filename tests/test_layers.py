@@ -7,6 +7,7 @@ cycle between modules; across sub-packages, and from stages/ and benchmarks/, on
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,27 @@ def test_the_core_never_imports_ray_http_or_the_cli() -> None:
     assert bad == []
 
 
+FOLDER_FILES = re.compile(r"\bmodel[\w-]*\.keras\b|\b(?:meta|vocab|decoding)\.json\b|\bmodel[_-]$")
+FOLDER_OWNER = "captioner.model.folder"
+
+
+def folder_file_names(path: Path) -> list[str]:
+    """String literals in code (docstrings aside) that spell a model folder's file names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{n.lineno}: {n.value!r}"
+            for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docs and FOLDER_FILES.search(n.value)]
+
+
+def test_only_the_model_folder_module_spells_its_file_names() -> None:
+    bad = [hit for mod, path in MODULES.items() if mod != FOLDER_OWNER for hit in folder_file_names(path)]
+    assert bad == []
+    assert folder_file_names(MODULES[FOLDER_OWNER])  # the check sees the owner's own names
+
+
 def test_the_checks_see_a_cycle_an_upward_import_and_a_private_name(tmp_path: Path) -> None:
     """The checks themselves work: a made-up cycle, a training -> app import and a private
     name are each found."""
@@ -219,3 +241,5 @@ def test_the_checks_see_a_cycle_an_upward_import_and_a_private_name(tmp_path: Pa
     probe = tmp_path / "probe.py"
     probe.write_text("from captioner.model.step import _Merge\nfrom captioner.training.fit import _global_count\n")
     assert len(private_imports(probe, None)) == 2
+    probe.write_text('"""meta.json in a docstring is prose."""\nNAMES = ["model_3.keras", "decoding.json"]\n')
+    assert len(folder_file_names(probe)) == 2

@@ -36,8 +36,8 @@ SCRIPT = textwrap.dedent(
 
     import keras
     from captioner.model.build import build_merge_model
-    from captioner.training.fit import (MemberJob, TrainData, caption_lengths, distribution, plan_batches,
-                                    train_member)
+    from captioner.training.batches import caption_lengths, plan_batches
+    from captioner.training.fit import MemberJob, TrainData, distribution, train_member
 
     out = sys.argv[1]
     rng = np.random.default_rng(0)

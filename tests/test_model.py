@@ -57,26 +57,43 @@ def test_label_smoothing_loss_matches_keras_at_zero_and_ignores_padding() -> Non
     assert float(smoothed_masked_loss(0.1)(y, changed)) == pytest.approx(smoothed, rel=1e-6)
 
 
-def test_load_members_of_an_ensemble_folder(tmp_path, toy) -> None:
-    from captioner.model.build import load_members
-    from captioner.model.folder import member_files
+def write_folder(folder, toy, members: list[str], files: list[str] | None = None) -> None:
+    """A model folder by hand: the toy model under `files` (default: `members`), meta.json naming `members`."""
+    from captioner.datasets.text import save_vocabulary
+    from captioner.runtime.io import write_json
 
-    toy["model"].save(tmp_path / "model.keras")
-    toy["model"].save(tmp_path / "model_1.keras")
-    meta = {"members": ["model.keras", "model_1.keras"]}
-    assert len(load_members(tmp_path, meta, 8, len(toy["vocab"]))) == 2
+    folder.mkdir(exist_ok=True)
+    for name in files if files is not None else members:
+        toy["model"].save(folder / name)
+    save_vocabulary(folder / "vocab.json", toy["vocab"])
+    write_json(folder / "meta.json", {"members": members, "feature_dim": 8, "backbone": "x"})
+
+
+def test_load_members_of_an_ensemble_folder(tmp_path, toy) -> None:
+    from captioner.model.folder import ModelFolder, member_files, model_meta, save_model_folder
+
+    write_folder(tmp_path, toy, ["model.keras", "model_1.keras"])
+    folder = ModelFolder.open(tmp_path)
+    assert len(folder.load_models(8, len(toy["vocab"]))) == 2
     assert member_files({}) == ["model.keras"]  # folders written before ensembles existed
     with pytest.raises(ValueError, match="members"):
         member_files({"members": []})
+    write_folder(tmp_path / "missing", toy, ["model.keras", "model_2.keras"], files=["model.keras"])
     with pytest.raises(ValueError, match="model_2.keras"):
-        load_members(tmp_path, {"members": ["model.keras", "model_2.keras"]})
+        ModelFolder.open(tmp_path / "missing").load_models()
+    meta = model_meta(backbone="x", weights="none", feature_dim=8, vocab_size=len(toy["vocab"]),
+                      member_kinds=["merge", "merge"], grid=False, best_epoch=1, best_val_loss=0.5)
+    save_model_folder(tmp_path / "saved", [toy["model"], toy["model"]], toy["vocab"], meta)
+    saved = ModelFolder.open(tmp_path / "saved")
+    assert saved.members == ["model.keras", "model_1.keras"] and saved.meta == meta
+    assert len(saved.load_models(8, len(toy["vocab"]))) == 2 and saved.vocabulary().tokens == toy["vocab"].tokens
 
 
 @pytest.mark.parametrize("member", ["/etc/model.keras", "../model.keras", "sub/model.keras", "..", ".", "", "a\\b.keras"])
 def test_members_must_be_plain_file_names(tmp_path, toy, member: str) -> None:
-    from captioner.model.build import load_members
+    from captioner.model.folder import ModelFolder
 
-    (tmp_path / "model").mkdir()
+    write_folder(tmp_path / "model", toy, [member], files=["model.keras"])
     toy["model"].save(tmp_path / "model.keras")  # a model outside the folder, where '..' points
     with pytest.raises(ValueError, match=r"model/meta\.json: 'members' must be plain file names"):
-        load_members(tmp_path / "model", {"members": [member]})
+        ModelFolder.open(tmp_path / "model").load_models()

@@ -136,7 +136,9 @@ def test_extraction_ray_resumes_local_shards(tmp_path: Path, ray_address: str) -
         import sys
         from captioner.features.backbones import load_backbone
         from captioner.engines.extraction import feature_runner
-        from captioner.features.extract import extract, pin_threads, write_features
+        from captioner.features.extract import extract
+        from captioner.features.store import write_features
+        from captioner.runtime.threads import pin_threads
         pin_threads({THREADS})
         paths = {paths!r}
         bb = load_backbone("efficientnet_lite0", "imagenet", "pooled")
@@ -230,6 +232,7 @@ def test_ensemble_ray_equals_local(tmp_path: Path, ray_address: str) -> None:
 def test_evaluate_ray_shards_caption_like_one_process(tmp_path: Path, toy: dict, ray_address: str) -> None:
     """The toy colour model writes a different caption per colour: shards decoded by Ray tasks,
     put back together, give every image its own caption and score, as one process does."""
+    from captioner.config.decoding import DecodingConfig
     from captioner.engines.captioning import decode_captions
     from captioner.runtime.io import write_json
     from captioner.datasets.text import save_vocabulary
@@ -240,7 +243,7 @@ def test_evaluate_ray_shards_caption_like_one_process(tmp_path: Path, toy: dict,
     save_vocabulary(model_dir / "vocab.json", toy["vocab"])
     write_json(model_dir / "meta.json", {"members": ["model.keras"], "kind": "merge"})
     feats = toy["feats"][:40]
-    decode = {"beam_width": 2, "max_length": 8, "length_penalty": 0.0, "block_repeat_ngram": 0}
+    decode = DecodingConfig(beam_width=2, max_length=8)
     local = decode_captions("local", model_dir, feats, THREADS, 0, 6, decode)
     ray_ = decode_captions("ray", model_dir, feats, THREADS, 3, 6, decode)
     words = [c.words for c in local]

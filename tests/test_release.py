@@ -18,7 +18,8 @@ from captioner.training.curves import best_epoch_summary
 from captioner.app.model_card import CardFacts, render_card
 from captioner.app.plots_template import build_template
 from captioner.datasets.readers import dataset_name
-from captioner.app.release import decoding_settings
+from captioner.config.decoding import DecodingConfig
+from captioner.config.params import EvaluateParams
 from captioner.model.folder import write_release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,12 +66,12 @@ def test_release_folder_holds_model_files_decoding_and_card(tmp_path: Path) -> N
     for name, text in (("model.keras", "w0"), ("model_1.keras", "w1"), ("vocab.json", "{}")):
         (model / name).write_text(text)
     (model / "meta.json").write_text(json.dumps({"members": ["model.keras", "model_1.keras"], "kind": "merge"}))
-    decoding = decoding_settings({"beam_width": 3, "length_penalty": 1.1, "block_repeat_ngram": 2,
-                                  "max_length": 30, "batch_size": 8, "split": "dev"})
-    assert decoding == {"beam_width": 3, "length_penalty": 1.1, "block_repeat_ngram": 2, "max_length": 30}
+    decoding = DecodingConfig.of(EvaluateParams(beam_width=3, length_penalty=1.1, block_repeat_ngram=2,
+                                                max_length=30, batch_size=8, split="dev"))
+    assert decoding.as_dict() == {"beam_width": 3, "length_penalty": 1.1, "block_repeat_ngram": 2, "max_length": 30}
     names = write_release(model, tmp_path / "release", decoding, "---\ncard\n", "scenes")
     assert names == ["README.md", "decoding.json", "meta.json", "model.keras", "model_1.keras", "vocab.json"]
-    assert json.loads((tmp_path / "release/decoding.json").read_text()) == decoding
+    assert json.loads((tmp_path / "release/decoding.json").read_text()) == decoding.as_dict()
     assert json.loads((tmp_path / "release/meta.json").read_text())["dataset"] == "scenes"
     assert (tmp_path / "release/model_1.keras").read_text() == "w1"
     assert dataset_name("data/raw/scenes") == "scenes" and dataset_name("../shared/flickr8k") == "flickr8k"
@@ -131,9 +132,10 @@ def test_committed_template_is_configured_and_loads_nothing_from_the_network() -
 
 
 def test_a_stage_under_a_python_without_the_project_stops_in_one_line(tmp_path: Path) -> None:
-    """The system Python (here: an isolated interpreter that cannot see the venv's packages)."""
+    """The system Python (here: an interpreter that cannot see the venv's packages: no site
+    packages, no PYTHONPATH, no user site; the script's folder is on the path, as it always is)."""
     for stage in ("train", "evaluate", "package"):
-        proc = subprocess.run([sys.executable, "-I", "-S", str(REPO / f"stages/{stage}.py"), "--help"],
+        proc = subprocess.run([sys.executable, "-E", "-s", "-S", str(REPO / f"stages/{stage}.py"), "--help"],
                               cwd=tmp_path, capture_output=True, text=True)
         assert proc.returncode == 1 and proc.stdout == ""
         lines = proc.stderr.strip().splitlines()

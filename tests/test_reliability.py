@@ -83,7 +83,10 @@ def tiny_backbone() -> Backbone:
 
 
 def load_stage(name: str) -> ModuleType:
-    """Import stages/<name>.py as a module (its `main` runs in this process)."""
+    """Import stages/<name>.py as a module (its `main` runs in this process), as `python
+    stages/<name>.py` would: with stages/ on the path, for stages/_stage.py."""
+    if str(REPO / "stages") not in sys.path:
+        sys.path.insert(0, str(REPO / "stages"))
     spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -483,7 +486,8 @@ def test_a_stage_with_bad_params_prints_one_line_not_a_traceback(tmp_path: Path)
 WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from captioner.runtime.io import atomic_path, exit_on_sigterm
+    from captioner.runtime.io import atomic_path
+    from captioner.runtime.stage import exit_on_sigterm
     exit_on_sigterm()
     target, kind, ready = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     with atomic_path(target) as tmp:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner import features as features_mod
+from captioner.features import store as features_mod
 from captioner.features.store import FeatureFile
 from captioner.features.store import read_features, write_features
 from captioner.training.batches import batch_count, window_groups, windowed_batches

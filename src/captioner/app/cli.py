@@ -31,7 +31,7 @@ from pathlib import Path
 
 from captioner import __version__
 from captioner.config.decoding import DecodingConfig
-from captioner.model.folder import MODEL_ENV, ModelError, check_model_files, default_model_dir, read_decoding
+from captioner.model.folder import DECODING_FILE, MODEL_ENV, ModelError, check_model_files, default_model_dir, read_decoding
 
 __all__ = ["DecodingConfig", "ModelError", "expand_inputs", "main"]
 
@@ -256,8 +256,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     """--model and the decoding flags (each overrides the model folder's decoding.json)."""
     p.add_argument("--model", default=None, help=f"trained model folder (default: ${MODEL_ENV}, else data/release "
                    "if it exists, else data/model)")
-    g = p.add_argument_group("decoding", "default: the model folder's decoding.json (the settings its evaluation "
-                             "used), else greedy, no length penalty, no n-gram blocking, 40 words")
+    defaults = ", ".join(f"{k} {v}" for k, v in DecodingConfig().as_dict().items())
+    g = p.add_argument_group("decoding", f"default: the model folder's {DECODING_FILE} (the settings its evaluation "
+                             f"used), else {defaults}")
     g.add_argument("--beam", type=positive_int, help="beam width; 1 = greedy")
     g.add_argument("--length-penalty", type=non_negative_float, help="GNMT length penalty alpha; 0 = off")
     g.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from captioner.features.backbones import LICENCES
+from captioner.model.folder import DECODING_FILE, META_FILE, VOCAB_FILE
 
 __all__ = ["DATASET_TERMS", "CardFacts", "front_matter", "render_card"]
 
@@ -93,8 +94,8 @@ def render_card(f: CardFacts) -> str:
         f"An image captioner: {f.backbone} image features and a {f.meta.get('kind', 'merge')} LSTM decoder "
         f"({len(f.meta.get('members', []))} member(s)), trained by the `captioner` DVC pipeline at git "
         f"commit `{f.commit}`.", "",
-        "Files: " + ", ".join(f"`{m}`" for m in f.meta.get("members", [])) + ", `vocab.json`, `meta.json`, "
-        "`decoding.json` (the decoding settings the evaluation used), this card.", "",
+        "Files: " + ", ".join(f"`{m}`" for m in [*f.meta.get("members", []), VOCAB_FILE, META_FILE])
+        + f", `{DECODING_FILE}` (the decoding settings the evaluation used), this card.", "",
         "## Data", "",
         f"- data set: `{f.dataset}` (`data.root: {f.data_root}`); images per split: {splits}",
         f"- backbone: {LICENCES.get(f.backbone, f.backbone)}", "",
@@ -113,5 +114,5 @@ def render_card(f: CardFacts) -> str:
         "pipeline with shared experiments and a model registry.", "",
         "## Limitations", "", *(f"- {x}" for x in limits), "",
         "## How to use", "", "```bash",
-        "captioner caption photo.jpg --model path/to/this/folder   # reads decoding.json", "```", "",
+        f"captioner caption photo.jpg --model path/to/this/folder   # reads {DECODING_FILE}", "```", "",
     ])

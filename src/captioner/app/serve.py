@@ -257,7 +257,7 @@ def create_app(cap: Captioner, config: DecodingConfig | None = None, settings: S
         state.pop("b").close()
 
     app = FastAPI(title="captioner", version=__version__, lifespan=lifespan)
-    page = resources.files("captioner").joinpath("static/demo.html").read_text(encoding="utf-8")
+    page = resources.files("captioner.app").joinpath("static/demo.html").read_text(encoding="utf-8")
 
     @app.exception_handler(BadInput)
     async def _bad_input(request: Request, e: BadInput) -> JSONResponse:

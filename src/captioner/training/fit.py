@@ -27,7 +27,7 @@ from captioner.features.store import FeatureFile
 from captioner.training.batches import make_dataset, make_streamed_dataset, window_groups
 
 __all__ = [
-    "CurveLogger", "FitResult", "GlobalTokenLoss", "MemberJob", "TrainData", "compile_model", "distribution", "dtype_policy",
+    "CurveLogger", "FitResult", "compiled_member", "GlobalTokenLoss", "MemberJob", "TrainData", "compile_model", "distribution", "dtype_policy",
     "fit", "float32_copy", "masked_accuracy", "masked_nll", "smoothed_masked_loss", "train_member",
 ]
 
@@ -254,6 +254,15 @@ class MemberJob:
     options: dict = field(default_factory=dict)  # room for engine settings; unused by the fit
 
 
+def compiled_member(job: MemberJob, replicas: int = 1) -> keras.Model:
+    """A fresh member of `job`, built and compiled in its precision (call inside a strategy's
+    scope for several replicas); seeding is the caller's (:func:`train_member` seeds first)."""
+    with dtype_policy(job.precision):
+        model = job.build()
+        compile_model(model, job.learning_rate, job.label_smoothing, replicas)
+    return model
+
+
 def train_member(
     job: MemberJob, data: TrainData, callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int | str = 2,
@@ -263,9 +272,8 @@ def train_member(
     keras.utils.set_random_seed(job.seed)
     strategy = distribution(job.devices)
     replicas = strategy.num_replicas_in_sync if strategy else 1
-    with strategy.scope() if strategy else _nothing(), dtype_policy(job.precision):
-        model = job.build()
-        compile_model(model, job.learning_rate, job.label_smoothing, replicas)
+    with strategy.scope() if strategy else _nothing():
+        model = compiled_member(job, replicas)
     train, dev = data.datasets(job.batch_size * replicas, job.bucket_width, job.seed, job.window_mb,
                                job.max_batches)
     result = fit(model, train, dev, job.epochs, job.patience, callbacks=callbacks, verbose=verbose,
