@@ -28,7 +28,7 @@ PRESET_merge     := presets/flickr8k.yaml
 PRESET_attention := presets/flickr8k-attention.yaml
 PRESET := $(PRESET_$(MODEL))
 
-.PHONY: install lock git-ready repro test flickr8k bench compare plots plots-template clean FORCE
+.PHONY: install lock git-ready repro test test-all results results-check flickr8k bench compare plots plots-template clean FORCE
 
 $(UV_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,9 +51,9 @@ install: $(STAMP)
 ## Rewrite both lock files from pyproject.toml (for all platforms, Python >= 3.11), keeping the
 ## pinned versions that still fit; LOCK_ARGS=--upgrade takes the newest. Needs PyPI.
 lock: $(UV_STAMP)
-	$(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --extra cpu --extra test \
+	$(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --extra cpu --extra serve --extra ray --extra test \
 		--custom-compile-command "make lock" $(LOCK_ARGS) -o requirements/cpu.lock
-	$(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --extra gpu --extra test \
+	$(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --extra gpu --extra serve --extra ray --extra test \
 		--custom-compile-command "make lock" $(LOCK_ARGS) -o requirements/gpu.lock
 
 # DVC experiments and dvclive need a git repository with a commit (a fresh clone has one).
@@ -67,18 +67,24 @@ repro: $(STAMP) git-ready
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-## The test suite (tiny configs) in 2 pytest-xdist workers: most of its time is end-to-end DVC
-## runs that wait on process start-up and I/O, so two at once use the 2 cores better.
-## End-to-end tests start first (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+## Tests in tiers (tests/conftest.py): `make test` is the everyday run, the unit tier (one
+## folder per sub-package) and the system smoke (a fresh tiny DAG runs every stage; a train
+## change reruns train and below, not the CNN); `make test-all` runs every tier (DVC, make, Ray,
+## uvicorn, Chromium, the package index), as CI does. Two pytest-xdist workers by default
+## (TEST_WORKERS=0: one process); each test has a time limit.
 TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PYTEST) -m "unit or smoke" tests
+
+test-all: $(STAMP)
+	$(PYTEST) tests
 
 ## Real Flickr8k: the MODEL (merge | attention) preset as a tracked experiment on DATA, scored
 ## on SPLIT and packaged in data/release (target `package`: the generated scenes are not needed).
 ## The preset is applied on top of the committed params.yaml with every key set, so leftovers
 ## of earlier `-S` runs never leak in.
-## SET="train.precision=float32 train.ensemble=3" adds overrides on top of the preset.
+## SET="train.ensemble=3 scst.epochs=5" adds overrides on top of the preset.
 flickr8k: $(STAMP) git-ready
 	@test -n "$(PRESET)" || { echo "make: MODEL must be merge or attention, not '$(MODEL)'"; exit 2; }
 	@args=$$($(BIN)/python -m captioner.config.presets $(PRESET) -S data.root=$(DATA) -S evaluate.split=$(SPLIT) \
@@ -106,6 +112,14 @@ plots-template: $(STAMP)
 	cd build/npm && npm pack -q $(VEGA_PKGS) >/dev/null && for f in *.tgz; do \
 		mkdir -p "$${f%.tgz}" && tar xzf "$$f" -C "$${f%.tgz}" --strip-components=1; done
 	$(BIN)/python -m captioner.app.plots_template $(foreach p,$(VEGA_PKGS),build/npm/$(subst @,-,$(p))) -o vendor/dvc-plots.html
+
+## The result tables of README.md and docs/ rendered from their records (results/*.json);
+## results-check fails when a document's figure disagrees with its record.
+results: $(STAMP)
+	$(BIN)/python -m captioner.app.results
+
+results-check: $(STAMP)
+	$(BIN)/python -m captioner.app.results --check
 
 ## Benchmarks (docs/BENCHMARKS.md): the whole suite on DATA -> metrics/bench.json, docs/scaling.png.
 bench: $(STAMP)

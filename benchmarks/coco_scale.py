@@ -1,4 +1,4 @@
-"""COCO-size run, measured (issue 14): a synthetic data set the size of MS-COCO's Karpathy split,
+"""COCO-size run, measured: a synthetic data set the size of MS-COCO's Karpathy split,
 pushed through the pipeline's own stages, each stage its own process.
 
     python benchmarks/coco_scale.py --data ../shared/flickr8k                  # 123,287 images (~15 GB features)

@@ -40,7 +40,7 @@ WORK = REPO / "data" / "bench"  # git-ignored (/data/)
 DEFAULT_DATA = "../shared/flickr8k"
 PRESET = REPO / "presets" / "flickr8k.yaml"
 
-# Headline figures and their targets (issue 6): key -> (comparison, target).
+# Headline figures and their targets: key -> (comparison, target).
 TARGETS: dict[str, tuple[str, float]] = {
     "extract_fraction_of_raw": (">=", 0.90),
     "train_speedup_vs_seed": (">=", 10.0),
@@ -365,3 +365,18 @@ def extract_like_stage(paths: Sequence[str], backbone, batch_size: int, workers:
         return extract(paths, backbone, batch_size, workers, progress=False, on_error="skip", shards=folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def copy_project(dst: Path) -> None:
+    """The project's tracked and untracked-but-not-ignored files (no data/, no metrics/) into `dst`:
+    a fresh checkout without git, for runs of the whole DAG (this benchmark suite and the tests)."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for f in files:
+        if f.startswith(("data/", "metrics/")) or not (REPO / f).is_file():
+            continue
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dst / f)

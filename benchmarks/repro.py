@@ -71,16 +71,6 @@ def timed_repro(project: Path, log: Path) -> dict:
             "stage_s": {s: round(e - t, 1) for (s, t), e in zip(marks, ends)}}
 
 
-def copy_project(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=common.REPO,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    for f in files:
-        if f.startswith(("data/", "metrics/")) or not (common.REPO / f).is_file():
-            continue
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(common.REPO / f, dst / f)
-
-
 def make_slice(corpus: common.Corpus, dst: Path, n_train: int, n_dev: int) -> Path:
     """A Flickr8k-layout folder with the first images of train and dev (images linked)."""
     from captioner.datasets.readers import load_dataset
@@ -118,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         project = tmp / "proj"
         project.mkdir()
-        copy_project(project)
+        common.copy_project(project)
         root = make_slice(corpus, tmp / "data", 12, 6) if args.quick else corpus.root
         preset = yaml.safe_load(common.PRESET.read_text()) or {}
         set_params(project, {

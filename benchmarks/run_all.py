@@ -31,8 +31,8 @@ REQUIRED = (
     "greedy_ms_per_image", "beam3_ms_per_image", "eval_1000_beam3_s",
 )
 SERVE_REQUIRED = ("serve_rps", "serve_p50_ms", "serve_p99_ms", "serve_5xx", "serve_bad_4xx_fraction")
-STREAM_REQUIRED = ("stream_vs_memory_words_per_s",)  # stream.py (issue 14)
-COCO_REQUIRED = (  # coco_scale.py (issue 14), last: the longest
+STREAM_REQUIRED = ("stream_vs_memory_words_per_s",)  # stream.py
+COCO_REQUIRED = (  # coco_scale.py, last: the longest
     "coco_feature_file_gb", "coco_text_peak_rss_gb", "coco_train_peak_rss_gb", "coco_train_words_per_s",
     "coco_eval_peak_rss_gb", "coco_eval_5000_beam3_s",
 )

@@ -1,16 +1,15 @@
 """Stage: integer-encode cleaned captions into padded arrays per split."""
 
 import argparse
-import sys
 from pathlib import Path
 
 from _stage import run_stage
 
 import pandas as pd
 
-from captioner.runtime.io import atomic_path
 from captioner.config.params import SPLITS, load_params
 from captioner.datasets.sequences import encode_captions, save_sequences
+from captioner.runtime.io import atomic_path
 from captioner.datasets.text import load_vocabulary
 
 

@@ -1,12 +1,11 @@
 """Stage: write the embedded default data set (generated scenes) in the Flickr8k layout."""
 
 import argparse
-import sys
 
 from _stage import run_stage
 
-from captioner.datasets.scenes import generate_scenes
 from captioner.config.params import load_params
+from captioner.datasets.scenes import generate_scenes
 
 
 def main() -> None:

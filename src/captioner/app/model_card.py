@@ -114,5 +114,6 @@ def render_card(f: CardFacts) -> str:
         "pipeline with shared experiments and a model registry.", "",
         "## Limitations", "", *(f"- {x}" for x in limits), "",
         "## How to use", "", "```bash",
+        'pip install "captioner[cpu] @ git+<the project\'s git URL>"   # or [gpu]; [serve,cpu] for the HTTP service',
         f"captioner caption photo.jpg --model path/to/this/folder   # reads {DECODING_FILE}", "```", "",
     ])

@@ -90,7 +90,7 @@ class SequencesParams(_Section):
 
 
 class ModelParams(_Section):
-    """The decoder: the seed's merge captioner, or soft attention over image regions."""
+    """The decoder: the Keras tutorial's merge captioner, or soft attention over image regions."""
 
     kind: Literal["merge", "attention"] = "merge"
     embedding_dim: int = Field(256, gt=0)

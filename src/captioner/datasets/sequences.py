@@ -1,4 +1,4 @@
-"""Captions -> padded integer arrays, and the seed's (prefix -> next word) view."""
+"""Captions -> padded integer arrays, and the Keras tutorial's (prefix -> next word) view."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def encode_captions(captions: Sequence[str], vocab: Vocabulary, max_length: int)
 
 
 def prefix_pairs(tokens: Sequence[str]) -> list[tuple[list[str], str]]:
-    """The seed's training view: every prefix of a wrapped caption and the word after it.
+    """The Keras tutorial's training view: every prefix of a wrapped caption and the word after it.
 
     >>> prefix_pairs("startseq a cat endseq".split())
     [(['startseq'], 'a'), (['startseq', 'a'], 'cat'), (['startseq', 'a', 'cat'], 'endseq')]

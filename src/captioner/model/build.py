@@ -1,4 +1,4 @@
-"""Model builders: the seed's "merge" captioner and a soft-attention captioner.
+"""Model builders: the "merge" captioner of the classic Keras image-captioning tutorial and a soft-attention captioner.
 
 merge (model.kind=merge), over one pooled feature vector per image:
 

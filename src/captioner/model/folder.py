@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from captioner.config.decoding import DecodingConfig, DecodingError
+from captioner.config.decoding import DecodingConfig
 from captioner.datasets.text import Vocabulary, load_vocabulary, save_vocabulary
 from captioner.runtime.io import atomic_path, read_json, write_json
 

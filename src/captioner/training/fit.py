@@ -1,6 +1,6 @@
 """The fit loop: length-bucketed teacher forcing over whole captions, masked loss, best-epoch restore.
 
-Teacher forcing over a whole caption is equivalent, for a causal LSTM, to the seed's one
+Teacher forcing over a whole caption is equivalent, for a causal LSTM, to the Keras tutorial's one
 sample per (prefix -> next word) pair, but the image feature is gathered per batch instead of
 being copied once per prefix, and each batch is padded only to its own longest caption.
 

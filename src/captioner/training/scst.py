@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from captioner.datasets.text import END, START, Vocabulary
+from captioner.datasets.text import END, Vocabulary
 from captioner.decoding.sample import Sampler
 from captioner.training.rewards import CiderD
 

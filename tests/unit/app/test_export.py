@@ -1,0 +1,125 @@
+"""`captioner export`: a SavedModel loaded in a fresh process that cannot import captioner gives
+the CLI's captions from image bytes, decoded as the model folder's decoding.json says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captioner.app.cli import main
+from tests.helpers.models import trained_tiny_model
+
+LOADER = r'''
+import importlib.abc, json, sys
+
+class NoCaptioner(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "captioner" or name.startswith("captioner."):
+            raise ImportError(f"{name} is blocked: the export must stand alone")
+        return None
+
+sys.meta_path.insert(0, NoCaptioner())
+import tensorflow as tf
+
+m = tf.saved_model.load(sys.argv[1])
+files = sys.argv[2:]
+out = m.caption(tf.constant([open(f, "rb").read() for f in files]))
+print(json.dumps({"captions": [c.decode() for c in out["caption"].numpy()],
+                  "scores": [float(s) for s in out["score"].numpy()],
+                  "captioner_loaded": any(k.startswith("captioner") for k in sys.modules)}))
+'''
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, dict[Path, str], Path]:
+    tiny, photos = trained_tiny_model(tmp_path_factory.getbasetemp())
+    model = tmp_path_factory.mktemp("beam-model") / "model"
+    shutil.copytree(tiny, model)
+    recorded = {"beam_width": 3, "length_penalty": 1.1, "block_repeat_ngram": 2, "max_length": 6}
+    (model / "decoding.json").write_text(json.dumps(recorded))
+    out = tmp_path_factory.mktemp("export") / "saved"
+    assert main(["export", "--model", str(model), str(out)]) == 0
+    return model, photos, out
+
+
+def test_export_in_a_fresh_process_gives_the_cli_captions(exported, capsys) -> None:
+    model, photos, out = exported
+    images = [p for i, p in enumerate(sorted(photos)) if i % 3 == 1][:6]  # JPEG and PNG
+    assert main(["caption", *map(str, images), "--model", str(model), "--json"]) == 0  # decoding.json's
+    cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    proc = subprocess.run([sys.executable, "-I", "-c", LOADER, str(out), *map(str, images)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["captioner_loaded"] is False
+    assert got["captions"] == [r["caption"] for r in cli]
+    # Whole sentences (max_length 6 leaves room for "a red square on grey"), and a model that learnt:
+    # the exact hit rate depends on the CPU's float paths (one of six differed on CI's machine).
+    assert set(got["captions"]) <= set(photos.values())
+    assert sum(c == photos[p] for c, p in zip(got["captions"], images)) >= 4
+    assert got["scores"] == pytest.approx([r["score"] for r in cli], abs=0.1)  # pixels differ in the last bits
+    assert json.loads((out / "decoding.json").read_text()) == json.loads((model / "decoding.json").read_text())
+
+
+def test_export_of_a_missing_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["export", "--model", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
+    assert "no trained model at" in capsys.readouterr().err
+
+
+def _toy_graph(models: list, vocab, config):
+    """A CaptionGraph over `models` without a CNN: its `decode` takes features."""
+    from types import SimpleNamespace
+
+    from captioner.app.export import CaptionGraph
+    from captioner.decoding.captioner import Captioner
+
+    backbone = SimpleNamespace(model=None, name="efficientnet_lite0", input_size=224, preprocess_graph=None)
+    return CaptionGraph(Captioner(models, vocab, backbone, config), config)
+
+
+@pytest.mark.parametrize("kinds", [("merge",), ("attention", "merge")])
+def test_the_graph_decodes_exactly_as_beam_search(kinds) -> None:
+    """The exported while_loop against `captioner.decoding.search.beam_search` on the same features and
+    (untrained, so repetitive) models: same words and scores for greedy, beam, length penalty and
+    n-gram blocking, including captions cut at max_length."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from captioner.model.step import StepDecoder
+    from captioner.decoding.search import beam_search
+    from captioner.model.build import build_attention_model, build_merge_model
+    from captioner.config.decoding import DecodingConfig
+    from captioner.datasets.text import build_vocabulary
+
+    vocab = build_vocabulary([f"startseq {' '.join('abcdefghijkl')} endseq"], 1)
+    regions, channels = 4, 6
+    keras.utils.set_random_seed(3)
+    models = []
+    for kind in kinds:
+        if kind == "attention":
+            m = build_attention_model(len(vocab), regions, channels, 8, 16, 8, 0.0, 0.0)
+        else:
+            m = build_merge_model(len(vocab), channels * (regions if len(kinds) == 1 else 1), 8, 16, 0.0)
+        logits = m.get_layer("logits")
+        logits.kernel.assign(logits.kernel * 6.0)  # peaky: greedy repeats itself
+        models.append(m)
+    feats = np.random.default_rng(0).normal(size=(5, regions * channels)).astype(np.float32)
+    decoder = StepDecoder(models)
+    results = {}
+    for config in [DecodingConfig(beam_width=1, length_penalty=0.0, block_repeat_ngram=0, max_length=7), DecodingConfig(beam_width=3, length_penalty=0.0, block_repeat_ngram=0, max_length=7), DecodingConfig(beam_width=3, length_penalty=1.1, block_repeat_ngram=2, max_length=7),
+                   DecodingConfig(beam_width=4, length_penalty=0.6, block_repeat_ngram=3, max_length=9), DecodingConfig(beam_width=2, length_penalty=0.0, block_repeat_ngram=1, max_length=5)]:
+        want = beam_search(decoder, feats, vocab, config.beam_width, config.max_length, config.length_penalty,
+                           config.block_repeat_ngram)
+        got = _toy_graph(models, vocab, config).decode(tf.constant(feats))
+        texts = [c.decode() for c in got["caption"].numpy()]
+        assert texts == [" ".join(c.words) for c in want], config
+        assert got["score"].numpy() == pytest.approx([c.logprob for c in want], abs=1e-4), config
+        results[config] = texts
+    assert len({tuple(t) for t in results.values()}) >= 3  # the settings do change the captions
+    assert any(len(t.split()) == 7 for t in results[DecodingConfig(beam_width=1, length_penalty=0.0, block_repeat_ngram=0, max_length=7)])  # some are cut
