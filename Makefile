@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 ## TensorFlow flavour, chosen at install time: cpu (default; tensorflow-cpu, or tensorflow where
 ## PyPI has no tensorflow-cpu wheel) or gpu (tensorflow[and-cuda], Linux). `make install TF=gpu`
@@ -11,7 +12,11 @@ STAMP  := $(VENV)/.installed
 ## keep the flavour installed (the stamp records it).
 TF_INSTALLED := $(strip $(shell cat $(STAMP) 2>/dev/null))
 TF    ?= $(or $(TF_INSTALLED),cpu)
+## Two pinned sets per flavour: requirements/$(TF).lock for the pipeline, the CLI and the service
+## (`make install`, `make repro`: no test tools) and requirements/$(TF)-test.lock, which adds the
+## Ray engine and the test tools (`make test`, `make test-all`).
 LOCK  := requirements/$(TF).lock
+TEST_LOCK := requirements/$(TF)-test.lock
 ## uv installs the pinned sets (requirements/*.lock, from `make lock`); its own version is pinned here.
 UV_VERSION := 0.13.9
 UV     := $(BIN)/uv
@@ -28,18 +33,24 @@ PRESET_merge     := presets/flickr8k.yaml
 PRESET_attention := presets/flickr8k-attention.yaml
 PRESET := $(PRESET_$(MODEL))
 
-.PHONY: install lock git-ready repro test test-all results results-check flickr8k bench compare plots plots-template clean FORCE
+.PHONY: install install-test lock git-ready repro test test-all results results-check flickr8k bench compare plots plots-template clean FORCE
 
 $(UV_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	rm -f $(VENV)/.uv-* && touch $@
 
-## The venv holds exactly the lock's packages (uv pip sync removes others), then the project.
+## The venv holds exactly a lock's packages (uv pip sync removes others), then the project.
+## The test set includes the pipeline's, so after `make test` a `make repro` installs nothing.
 $(STAMP): $(LOCK) pyproject.toml $(UV_STAMP) $(if $(filter $(TF),$(or $(TF_INSTALLED),cpu)),,FORCE)
 	$(UV) pip sync -q --python $(BIN)/python $(LOCK)
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
-	echo $(TF) > $(STAMP)
+	rm -f $(TEST_STAMP) && echo $(TF) > $(STAMP)
+
+$(TEST_STAMP): $(TEST_LOCK) $(STAMP)
+	$(UV) pip sync -q --python $(BIN)/python $(TEST_LOCK)
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
+	touch $(TEST_STAMP)
 
 requirements/%.lock:
 	@echo "make: no $@: TF must be cpu or gpu, not '$(TF)'" >&2; exit 2
@@ -48,13 +59,17 @@ FORCE:
 
 install: $(STAMP)
 
-## Rewrite both lock files from pyproject.toml (for all platforms, Python >= 3.11), keeping the
-## pinned versions that still fit; LOCK_ARGS=--upgrade takes the newest. Needs PyPI.
+install-test: $(TEST_STAMP)
+
+## Rewrite the four lock files from pyproject.toml (for all platforms, Python >= 3.11), keeping
+## the pinned versions that still fit; LOCK_ARGS=--upgrade takes the newest. Needs PyPI. The
+## pipeline's set is compiled with the test set's pins as constraints, so both pin the same versions.
+COMPILE = $(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --custom-compile-command "make lock"
 lock: $(UV_STAMP)
-	$(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --extra cpu --extra serve --extra ray --extra test \
-		--custom-compile-command "make lock" $(LOCK_ARGS) -o requirements/cpu.lock
-	$(UV) pip compile -q --universal --python-version 3.11 pyproject.toml --extra gpu --extra serve --extra ray --extra test \
-		--custom-compile-command "make lock" $(LOCK_ARGS) -o requirements/gpu.lock
+	for tf in cpu gpu; do \
+		$(COMPILE) --extra $$tf --extra serve --extra ray --extra test $(LOCK_ARGS) -o requirements/$$tf-test.lock && \
+		$(COMPILE) --extra $$tf --extra serve -c requirements/$$tf-test.lock -o requirements/$$tf.lock || exit 1; \
+	done
 
 # DVC experiments and dvclive need a git repository with a commit (a fresh clone has one).
 git-ready:
@@ -62,10 +77,11 @@ git-ready:
 		git -c user.name=captioner -c user.email=captioner@localhost commit -qm "captioner: initial" \
 		&& echo "make: created a git repository with an initial commit (DVC needs one)"; }
 
-## Run the whole pipeline on the embedded default data set; print the metrics.
+## Run the whole pipeline on the embedded default data set; end with a summary that fits 100
+## columns (headline scores, where the gallery and model are, what to run next).
 repro: $(STAMP) git-ready
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	@$(BIN)/python -m captioner.app.summary
 
 ## Tests in tiers (tests/conftest.py): `make test` is the everyday run, the unit tier (one
 ## folder per sub-package) and the system smoke (a fresh tiny DAG runs every stage; a train
@@ -74,10 +90,10 @@ repro: $(STAMP) git-ready
 ## (TEST_WORKERS=0: one process); each test has a time limit.
 TEST_WORKERS ?= 2
 PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PYTEST) -m "unit or smoke" tests
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(PYTEST) tests
 
 ## Real Flickr8k: the MODEL (merge | attention) preset as a tracked experiment on DATA, scored
@@ -90,7 +106,7 @@ flickr8k: $(STAMP) git-ready
 	@args=$$($(BIN)/python -m captioner.config.presets $(PRESET) -S data.root=$(DATA) -S evaluate.split=$(SPLIT) \
 		$(foreach kv,$(SET),-S '$(kv)')) \
 		&& eval "$(BIN)/dvc exp run $$args package"
-	$(BIN)/dvc metrics show
+	@$(BIN)/python -m captioner.app.summary
 
 ## The experiment table people compare, in one screen (<= 160 columns for a 3-experiment grid):
 ## changed params, nltk BLEU-1..4, coco METEOR and CIDEr-D where present and the best
@@ -122,7 +138,7 @@ results-check: $(STAMP)
 	$(BIN)/python -m captioner.app.results --check
 
 ## Benchmarks (docs/BENCHMARKS.md): the whole suite on DATA -> metrics/bench.json, docs/scaling.png.
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/run_all.py --data $(DATA)
 
 clean:

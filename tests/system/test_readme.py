@@ -38,8 +38,13 @@ def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
     env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
 
-    out = sh("make repro", project, env, timeout=1500)
-    assert "created a git repository" in out and (project / ".venv/bin/captioner").is_file()
+    proc = subprocess.run("make repro", shell=True, cwd=project, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, f"make repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "created a git repository" in proc.stdout and (project / ".venv/bin/captioner").is_file()
+    no_tests = subprocess.run([project / ".venv/bin/python", "-c", "import pytest"], capture_output=True)
+    assert no_tests.returncode != 0, "make repro installed test tools"  # requirements/cpu.lock only
+    last = proc.stdout.rstrip().splitlines()[-9:]  # the last screen: the run's summary
+    assert last[0].startswith("captioner: dev split, 150 images") and max(map(len, last)) <= 100, last
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert metrics["coco"]["cider"] > 2 * metrics["blind_baseline"]["coco"]["cider"]
     assert (project / "data/release/decoding.json").is_file() and (project / "data/eval/gallery.html").is_file()
