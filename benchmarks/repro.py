@@ -29,7 +29,7 @@ import yaml  # noqa: E402
 from benchmarks import common  # noqa: E402
 from captioner.config.params import update_params_file  # noqa: E402
 
-FULL = {"clean_text", "extract_features", "build_sequences", "train", "scst", "evaluate"}
+FULL = {"clean_text", "extract_features", "build_sequences", "train", "scst", "human_ceiling", "evaluate"}
 
 
 def env() -> dict[str, str]:
