@@ -66,3 +66,16 @@ def make_toy_attention() -> dict:
     result = fit_toy(model, ids, feats, epochs=15)
     return {"model": model, "vocab": vocab, "feats": feats, "cls": cls, "where": where, "ids": ids,
             "result": result}
+
+
+def tiny_backbone(size: int, dim: int, filters: int):
+    """A cheap deterministic CNN standing in for a real backbone, with the real backbones' call
+    path: uint8 (N, size, size, 3) -> float32 (N, dim)."""
+    from captioner.features.backbones import Backbone
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(dim)(x))
+    return Backbone("tiny", size, dim, model, lambda b: np.asarray(b, np.float32) / 255.0)

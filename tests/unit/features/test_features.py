@@ -14,6 +14,7 @@ from captioner.features.backbones import Backbone
 from captioner.features.extract import Extraction, decoded_batches, extract, extract_features
 from captioner.features.store import read_features, write_features
 from captioner.features.images import ImageError, load_image
+from tests.helpers.toy import tiny_backbone as make_tiny_backbone
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 SIZE = 16
@@ -21,15 +22,7 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def tiny_backbone() -> Backbone:
-    """A cheap deterministic CNN standing in for a real backbone (same call path)."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(5)(x))
-    return Backbone("tiny", SIZE, 5, model, lambda b: np.asarray(b, np.float32) / 255.0)
+    return make_tiny_backbone(SIZE, dim=5, filters=8)
 
 
 @pytest.fixture(scope="module")

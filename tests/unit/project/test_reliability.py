@@ -59,6 +59,7 @@ from captioner.runtime.stage import reported_errors
 from captioner.config.params import DataParams, ParamsError, check_data_root, load_params
 from captioner.datasets.sequences import drop_without_features, feature_rows, load_sequences
 from captioner.datasets.text import clean_caption, load_vocabulary
+from tests.helpers.toy import tiny_backbone as make_tiny_backbone
 
 REPO = Path(__file__).resolve().parents[3]
 SIZE = 32  # zoo images (40-48 px) are not reduced on decode
@@ -69,15 +70,7 @@ SIZE = 32  # zoo images (40-48 px) are not reduced on decode
 
 @pytest.fixture(scope="module")
 def tiny_backbone() -> Backbone:
-    """A cheap deterministic CNN with the real backbones' call path."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(3)(x))
-    return Backbone("tiny", SIZE, 3, model, lambda b: np.asarray(b, np.float32) / 255.0)
+    return make_tiny_backbone(SIZE, dim=3, filters=4)
 
 
 def load_stage(name: str) -> ModuleType:
