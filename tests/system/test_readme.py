@@ -43,8 +43,11 @@ def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
     assert "created a git repository" in proc.stdout and (project / ".venv/bin/captioner").is_file()
     no_tests = subprocess.run([project / ".venv/bin/python", "-c", "import pytest"], capture_output=True)
     assert no_tests.returncode != 0, "make repro installed test tools"  # requirements/cpu.lock only
-    last = proc.stdout.rstrip().splitlines()[-9:]  # the last screen: the run's summary
-    assert last[0].startswith("captioner: dev split, 150 images") and max(map(len, last)) <= 100, last
+    lines = proc.stdout.rstrip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("captioner: dev split, 150 images")]
+    assert starts, lines[-15:]
+    last = lines[starts[-1]:]  # the last screen: the run's summary, and nothing after it
+    assert 8 <= len(last) <= 12 and max(map(len, last)) <= 100 and "data/eval/gallery.html" in "\n".join(last), last
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert metrics["coco"]["cider"] > 2 * metrics["blind_baseline"]["coco"]["cider"]
     assert (project / "data/release/decoding.json").is_file() and (project / "data/eval/gallery.html").is_file()
