@@ -7,7 +7,9 @@ samples' mean, or the greedy caption's); after each epoch the greedy captions of
 CIDEr-D and the best epoch (0: the cross-entropy model) is kept. Curves of both per member go to
 `--live`/curves. `scst.epochs: 0` copies the model unchanged, without loading TensorFlow: a change
 of `scst` params reruns this stage and evaluate, never train. SCST samples from every train image
-each step, so the features are read whole here (not streamed, unlike train and evaluate)."""
+each step, so the features are read whole here (not streamed, unlike train and evaluate).
+Each member's state is checkpointed after every epoch into `<out>.partial` (not a DVC output):
+the next `dvc repro` resumes an interrupted run bit for bit (captioner.training.checkpoint)."""
 
 import argparse
 import sys
@@ -43,6 +45,7 @@ def main() -> None:
             return
 
         from captioner.features.store import read_features
+        from captioner.training.checkpoint import CheckpointFolder, resume_hint
         from captioner.training.scst import ScstConfig, finetune, split_references
 
         folder = ModelFolder.open(args.model_in)
@@ -53,9 +56,13 @@ def main() -> None:
         config = ScstConfig(sp.samples, sp.max_length, sp.baseline, sp.learning_rate, sp.batch_size, params.train.seed)
         print(f"scst: {sp.epochs} epoch(s) x {len(models)} model(s), {sp.samples} samples per image, baseline "
               f"{sp.baseline}, {len(refs['train'][0])} train / {len(refs['dev'][0])} dev images")
+        checkpoints = CheckpointFolder.for_stage(
+            "scst", args.out, {"scst": sp.model_dump(), "seed": params.train.seed},
+            {"model": args.model_in, "features": args.features, "text": args.text}, sp.epochs, len(models))
         start = time.perf_counter()
-        histories = finetune(models, features, refs["train"], refs["dev"], vocab, config, sp.epochs,
-                             progress=sys.stdout.isatty())
+        with resume_hint(checkpoints, sp.epochs, len(models)):
+            histories = finetune(models, features, refs["train"], refs["dev"], vocab, config, sp.epochs,
+                                 progress=sys.stdout.isatty(), checkpoints=checkpoints)
         seconds = time.perf_counter() - start
         best_epochs = [h["best_epoch"] for h in histories]
         copy_model_folder(args.model_in, args.out, models, {**folder.meta, "scst": {"epochs": sp.epochs,
@@ -64,6 +71,7 @@ def main() -> None:
         metrics = scst_metrics(histories, sp.epochs)
         write_json(live / "metrics.json", metrics)
         write_json(live / "run.json", {"seconds": round(seconds, 1), "members": histories})
+        checkpoints.remove()
     print(f"scst: greedy dev CIDEr-D {metrics['dev_cider_xe']:.4f} -> {metrics['dev_cider']:.4f} (mean of "
           f"{len(models)} member(s); best epochs {best_epochs}), {seconds:.0f} s -> {args.out}")
 

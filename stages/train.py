@@ -2,7 +2,9 @@
 teacher forcing (cross-entropy), each keeping its best epoch, into the model folder `--out`; the
 `scst` stage then fine-tunes it toward CIDEr-D (or copies it, `scst.epochs: 0`) into data/model.
 
-Captions whose image has no features (unreadable, skipped by extract_features) are dropped and
+Every member's state is checkpointed after each epoch into `<out>.partial` (not a DVC output):
+a killed or interrupted run is resumed by the next `dvc repro`, bit for bit, finished members
+are not trained again (captioner.training.checkpoint). Captions whose image has no features (unreadable, skipped by extract_features) are dropped and
 counted. `--live` gets member 0's curves and best epoch's losses (metrics.json) and run.json
 (timings, every member's best epoch: not a DVC metric). `train.engine: ray` trains the members
 as parallel Ray tasks; `train.devices` spreads each member over several GPUs of one host."""
@@ -20,6 +22,7 @@ from captioner.engines.ensemble import train_members
 from captioner.features.store import FeatureFile, report_path
 from captioner.model.folder import model_meta, save_model_folder
 from captioner.runtime.io import atomic_path, write_json
+from captioner.training.checkpoint import CheckpointFolder, resume_hint
 from captioner.training.curves import best_epoch_summary
 from captioner.training.fit import CurveLogger
 from captioner.training.ensemble import check_spatial, member_jobs, member_kinds, run_info, train_words, training_data
@@ -53,11 +56,15 @@ def main() -> None:
           f"{', '.join(kinds)}; precision {precision}{' (auto)' if tp.precision == 'auto' else ''}; engine "
           f"{tp.engine}, {tp.threads} TensorFlow thread(s)" + (f", {tp.devices} devices" if tp.devices else ""))
 
-    with atomic_path(args.live) as live:  # a killed run leaves the old curves or none
-        live.mkdir()
+    checkpoints = CheckpointFolder.for_stage(
+        "train", args.out, {"model": mp.model_dump(), "train": tp.model_dump()},
+        {"features": args.features, "sequences": args.sequences, "vocab": Path(args.text) / "vocab.json"},
+        tp.epochs, tp.ensemble)
+    with resume_hint(checkpoints, tp.epochs, tp.ensemble), atomic_path(args.live) as live:
+        live.mkdir()  # a killed run leaves the old curves or none
         start = time.perf_counter()
-        trained = train_members(tp.engine, member_jobs(mp, tp, len(vocab), features, precision), data, tp.threads,
-                                lambda: [CurveLogger(live / "curves")],
+        trained = train_members(tp.engine, member_jobs(mp, tp, len(vocab), features, precision, checkpoints.root),
+                                data, tp.threads, lambda: [CurveLogger(live / "curves")],
                                 verbose=1 if sys.stdout.isatty() else 2)  # a bar on a terminal, a line per epoch in logs
         seconds = time.perf_counter() - start
         models, results = [m for m, _ in trained], [r for _, r in trained]
@@ -68,6 +75,7 @@ def main() -> None:
             backbone=features.backbone, weights=features.weights, feature_dim=features.dim, vocab_size=len(vocab),
             member_kinds=kinds, grid=features.grid is not None, best_epoch=best.best_epoch,
             best_val_loss=best.best_val_loss))
+    checkpoints.remove()
     print(f"train: best epoch {best.best_epoch}/{best.epochs_run}, val loss {best.best_val_loss:.4f}, "
           f"{seconds:.0f} s -> {args.out}")
 

@@ -294,3 +294,52 @@ def test_dvc_repro_with_ray_engines_matches_local(workspace, tmp_path: Path, ray
     import pandas as pd
 
     assert pd.read_parquet(project / "data/eval/captions.parquet").equals(local_captions)
+
+
+RETRY_ENSEMBLE = textwrap.dedent(f"""
+    import dataclasses, json, os, sys
+    import numpy as np
+    import ray
+    from tests.system.test_ray import toy_data, toy_jobs
+    from captioner.engines.ensemble import train_members
+    from captioner.training.checkpoint import CheckpointFolder
+    out, engine = sys.argv[1], sys.argv[2]
+    if engine == "ray":  # the workers get the fault hook through the job's environment
+        hook = {{k: os.environ[k] for k in os.environ if k.startswith("CAPTIONER_FAULT") or k == "PYTHONPATH"}}
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={{"env_vars": hook}}, log_to_driver=False)
+    folder = CheckpointFolder.open(f"{{out}}/{{engine}}.partial", "train", {{"toy": 1}})
+    data, vocab, dim = toy_data()
+    jobs = [dataclasses.replace(j, epochs=6, patience=6, checkpoints=str(folder.root)) for j in toy_jobs(vocab, dim)]
+    trained = train_members(engine, jobs, data, {THREADS}, verbose=0)
+    for m, (model, result) in enumerate(trained):
+        np.savez(f"{{out}}/{{engine}}{{m}}.npz", *model.get_weights(), loss=np.array(result.history["loss"]))
+""")
+
+
+def test_a_killed_ray_member_task_is_retried_from_its_checkpoint(tmp_path: Path, ray_address: str) -> None:
+    """SIGKILL the Ray worker training member 0 while it writes its 3rd epoch's checkpoint: Ray
+    retries the task, the retry resumes at epoch 3 (it writes 4 epoch checkpoints and the final
+    one, not 7), and both members end with the local engine's weights, bit for bit."""
+    import signal
+
+    from tests.helpers.faults import pause_env, paused_pid, renames
+
+    run([sys.executable, "-c", RETRY_ENSEMBLE, str(tmp_path), "local"], REPO)
+    env, mark = pause_env(tmp_path, r"ray\.partial/member-0\.npz$", 3)
+    env = {**stage_env(ray_address), **{k: v for k, v in env.items() if k.startswith("CAPTIONER_FAULT")},
+           "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{REPO}"}
+    driver = subprocess.Popen([sys.executable, "-c", RETRY_ENSEMBLE, str(tmp_path), "ray"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = paused_pid(mark, driver, "the Ray worker of member 0")
+    os.kill(killed, signal.SIGKILL)
+    out, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out[-3000:]
+    pids = renames(mark)
+    assert pids[:3] == [killed] * 3  # epochs 1 and 2 written, the 3rd paused and killed
+    retry = pids[3:]
+    assert len(set(retry)) == 1 and retry[0] != killed and len(retry) == 4 + 1, pids
+    for m in range(2):
+        local, ray_ = np.load(tmp_path / f"local{m}.npz"), np.load(tmp_path / f"ray{m}.npz")
+        assert local.files == ray_.files
+        for name in local.files:
+            np.testing.assert_array_equal(ray_[name], local[name], err_msg=f"member {m} {name}")

@@ -9,35 +9,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import yaml
 from PIL import Image
 
+from tests.helpers.faults import pause_env, paused_pid
 from tests.helpers.project import TINY, copy_project, run, set_params
-
-FAULT_HOOK = textwrap.dedent("""
-    # Test-only fault injection: pause the process that renames a file matching
-    # CAPTIONER_FAULT_RENAME into place for the CAPTIONER_FAULT_NTH time, after writing its pid
-    # to CAPTIONER_FAULT_MARK, so the test can kill it mid-write.
-    import os, re, sys, time
-    _pattern = os.environ.get("CAPTIONER_FAULT_RENAME")
-    if _pattern:
-        _count = [0]
-        def _hook(event, args):
-            if event == "os.rename" and re.search(_pattern, os.fsdecode(args[1])):
-                _count[0] += 1
-                if _count[0] == int(os.environ.get("CAPTIONER_FAULT_NTH", "1")):
-                    with open(os.environ["CAPTIONER_FAULT_MARK"], "w") as f:
-                        f.write(str(os.getpid()))
-                    time.sleep(600)
-        sys.addaudithook(_hook)
-""")
-
-
 
 TIMING_KEYS = {"train_seconds", "train_words_per_s", "decode_seconds"}
 
@@ -87,20 +65,10 @@ def test_dvc_repro_killed_mid_extraction_resumes_identically_and_reruns_reproduc
     partial = project / "data/features/efficientnet_lite0.partial"
 
     # 1. Kill extract_features (SIGKILL) while it writes its 3rd batch: 2 of 8 batches are done.
-    hooks, mark = tmp_path / "hooks", tmp_path / "paused.pid"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(FAULT_HOOK)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(hooks), "CAPTIONER_FAULT_MARK": str(mark),
-           "CAPTIONER_FAULT_RENAME": r"batch-000002\.parquet$", "CAPTIONER_FAULT_NTH": "1"}
+    env, mark = pause_env(tmp_path, r"batch-000002\.parquet$")
     dvc = subprocess.Popen(["dvc", "repro", "extract_features"], cwd=project, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (mark.exists() and mark.read_text()):
-        assert dvc.poll() is None, f"dvc ended before the fault point:\n{dvc.stdout.read()}"
-        assert time.monotonic() < deadline, "the stage never reached its 3rd batch"
-        time.sleep(0.2)
-    os.kill(int(mark.read_text()), signal.SIGKILL)
+    os.kill(paused_pid(mark, dvc, "extract_features' 3rd batch"), signal.SIGKILL)
     out, _ = dvc.communicate(timeout=120)
     assert dvc.returncode != 0 and "failed to reproduce 'extract_features'" in out, out
     assert not features.exists() and not features.with_name("efficientnet_lite0.report.json").exists()

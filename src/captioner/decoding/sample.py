@@ -41,6 +41,11 @@ class Sampler:
         self._sample = tf.function(lambda f, k: self._loop(f, k, greedy=False), input_signature=spec)
         self._greedy = tf.function(lambda f, k: self._loop(f, k, greedy=True), input_signature=spec)
 
+    @property
+    def generator(self) -> tf.random.Generator:
+        """The samples' random generator (its `state` variable is what a training checkpoint keeps)."""
+        return self._rng
+
     def _loop(self, features: tf.Tensor, k: tf.Tensor, greedy: bool):
         image, h, c = self.decoder.graph_start(features)
         image, h, c = (tf.repeat(x, k, axis=0) for x in (image, h, c))

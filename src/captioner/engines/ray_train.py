@@ -1,5 +1,9 @@
 """train.engine=ray: each ensemble member's :func:`captioner.training.fit.train_member` is one Ray
-task in a fresh worker process (one GPU where the cluster has GPUs, else `threads` CPUs)."""
+task in a fresh worker process (one GPU where the cluster has GPUs, else `threads` CPUs).
+
+A worker that dies (killed, out of memory, a lost node) is retried by Ray up to `RETRIES` times;
+the retry resumes from the member's last epoch checkpoint (the job's `checkpoints` folder, on a
+filesystem the workers share with the driver), so its result is the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ if TYPE_CHECKING:
 
     from captioner.training.fit import FitResult, MemberJob, TrainData
 
-__all__ = ["train_members"]
+__all__ = ["RETRIES", "train_members"]
+
+RETRIES = 3
 
 
 def _fit_member(cwd: str, job: MemberJob, data: TrainData, threads: int, verbose: int | str):
@@ -52,7 +58,7 @@ def train_members(
     res, _ = resources(threads)
     if "num_gpus" in res:
         res["num_gpus"] = max(1, max(job.devices for job in jobs))
-    fit = ray.remote(max_calls=1)(_fit_member).options(**res)
+    fit = ray.remote(max_calls=1, max_retries=RETRIES)(_fit_member).options(**res)
     data_ref = ray.put(data)
     cwd = os.getcwd()
     refs = [fit.remote(cwd, job, data_ref, threads, verbose) for job in jobs]

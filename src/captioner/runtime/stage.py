@@ -44,7 +44,11 @@ def reported_errors(stage: str, kinds: tuple[type[BaseException], ...] = STAGE_E
 
 
 def run_stage(name: str, main: Callable[[], object], errors: tuple[type[BaseException], ...] = STAGE_ERRORS) -> None:
-    """Run a stage's `main` with SIGTERM turned into SystemExit and `errors` reported in one line."""
+    """Run a stage's `main` with SIGTERM turned into SystemExit and `errors` reported in one
+    line; Ctrl-C ends it with status 130 and no traceback (what it stopped is `main`'s to say)."""
     exit_on_sigterm()
-    with reported_errors(name, errors):
-        main()
+    try:
+        with reported_errors(name, errors):
+            main()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

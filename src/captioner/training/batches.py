@@ -23,8 +23,8 @@ import tensorflow as tf
 
 from captioner.features.store import FeatureFile
 
-__all__ = ["Batch", "batch_count", "caption_lengths", "make_batch", "make_dataset", "make_streamed_dataset",
-           "plan_batches", "trim_batch", "window_groups", "windowed_batches"]
+__all__ = ["Batch", "EpochShuffle", "batch_count", "caption_lengths", "make_batch", "make_dataset",
+           "make_streamed_dataset", "plan_batches", "trim_batch", "window_groups", "windowed_batches"]
 
 # ((features, input ids), target ids)
 Batch = tuple[tuple[np.ndarray, np.ndarray], np.ndarray]
@@ -67,36 +67,79 @@ def make_batch(ids: np.ndarray, image_rows: np.ndarray, features: np.ndarray, ro
     return trim_batch(ids[rows], features[image_rows[rows]])
 
 
+class EpochShuffle:
+    """The shuffle of a training dataset: epoch k draws the k-th shuffle of one generator seeded
+    once, however often a pass is started (under a tf.distribute strategy Keras peeks at one
+    batch before fitting, and that abandoned pass must not use up epoch 1's shuffle), and across
+    a resume (:meth:`state_after` is what a checkpoint keeps, :meth:`resume` puts it back).
+
+    A pass calls :meth:`begin` (the generator at its epoch's start), :meth:`drawn` once its
+    epoch's draws are all made and *before* it yields its last batch (so the state is recorded
+    by the time the model has seen that batch, whatever the prefetching), and :meth:`end` after
+    its last batch; only a pass that ended moves the next one to the next epoch."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0  # 0-based epoch of the current (or next) pass
+        self._start = self.rng.bit_generator.state
+        self._after: dict[int, dict] = {}
+        self._ended = False
+
+    def begin(self) -> np.random.Generator:
+        if self._ended:
+            self._start, self._ended = self._after[self.epoch], False
+            self.epoch += 1
+            self._after = {e: s for e, s in self._after.items() if e >= self.epoch - 1}
+        self.rng.bit_generator.state = self._start
+        return self.rng
+
+    def drawn(self) -> None:
+        self._after[self.epoch] = self.rng.bit_generator.state
+
+    def end(self) -> None:
+        self._ended = True
+
+    def state_after(self, epoch: int) -> dict:
+        """The generator's state once epoch `epoch` (0-based) has drawn its whole shuffle."""
+        if epoch not in self._after:
+            raise ValueError(f"the shuffle of epoch {epoch + 1} is not drawn yet (pass {self.epoch + 1})")
+        return self._after[epoch]
+
+    def resume(self, epoch: int, state: dict) -> None:
+        """Start at epoch `epoch` (0-based) from `state`, the :meth:`state_after` of epoch - 1."""
+        self.epoch, self._start, self._after, self._ended = epoch, state, {}, False
+
+
+def _shuffle(seed: int | EpochShuffle | None) -> EpochShuffle | None:
+    return seed if isinstance(seed, EpochShuffle) or seed is None else EpochShuffle(seed)
+
+
 def make_dataset(
     ids: np.ndarray,
     image_rows: np.ndarray,
     features: np.ndarray,
     batch_size: int,
     bucket_width: int,
-    seed: int | None,
+    seed: int | EpochShuffle | None,
     max_batches: int = 0,
 ) -> tf.data.Dataset:
-    """A tf.data pipeline of bucketed batches; reshuffled every epoch when `seed` is given;
-    the first `max_batches` of each epoch's batches when > 0 (smoke runs, benchmarks)."""
-    rng = np.random.default_rng(seed) if seed is not None else None
+    """A tf.data pipeline of bucketed batches; reshuffled every epoch when `seed` (or an
+    :class:`EpochShuffle`) is given; the first `max_batches` of each epoch's batches when > 0
+    (smoke runs, benchmarks)."""
+    shuffle = _shuffle(seed)
     lengths = caption_lengths(ids)
     n_batches = len(plan_batches(lengths, batch_size, bucket_width, None))
     if max_batches > 0:
         n_batches = min(n_batches, max_batches)
-    # Epoch k's shuffle is the k-th plan drawn from `rng`, whatever the number of times the
-    # generator is started: under a tf.distribute strategy Keras peeks at one batch before
-    # fitting, and that abandoned pass must not use up epoch 1's shuffle.
-    plans: dict[int, list[np.ndarray]] = {}
-    passes = {"done": 0}
 
     def generate() -> Iterator[Batch]:
-        epoch = passes["done"]
-        if epoch not in plans:
-            plans.clear()  # earlier epochs are finished
-            plans[epoch] = plan_batches(lengths, batch_size, bucket_width, rng)
-        for rows in plans[epoch][:n_batches]:
+        plan = plan_batches(lengths, batch_size, bucket_width, shuffle.begin() if shuffle else None)
+        if shuffle:
+            shuffle.drawn()
+        for rows in plan[:n_batches]:
             yield make_batch(ids, image_rows, features, rows)
-        passes["done"] = epoch + 1
+        if shuffle:
+            shuffle.end()
 
     spec = (
         (
@@ -199,32 +242,29 @@ def make_streamed_dataset(
     batch_size: int,
     bucket_width: int,
     window: int,
-    seed: int | None,
+    seed: int | EpochShuffle | None,
     max_batches: int = 0,
 ):
-    """A tf.data pipeline over :func:`windowed_batches`; reshuffled every epoch when `seed` is
-    given; at most `max_batches` batches per epoch when > 0 (0: all)."""
+    """A tf.data pipeline over :func:`windowed_batches`; reshuffled every epoch when `seed` (or
+    an :class:`EpochShuffle`) is given; at most `max_batches` batches per epoch when > 0 (0: all)."""
 
-    rng = np.random.default_rng(seed) if seed is not None else None
+    shuffle = _shuffle(seed)
     lengths = caption_lengths(ids)
     n_batches = batch_count(lengths, batch_size, bucket_width)
     if max_batches > 0:
         n_batches = min(n_batches, max_batches)
-    # As in captioner.training.fit.make_dataset: epoch k draws the k-th shuffle, however often the
-    # generator is started (a strategy's abandoned peek must not use up epoch 1's).
-    passes = {"done": 0, "state": rng.bit_generator.state if rng is not None else None}
 
     def generate() -> Iterator[Batch]:
-        if rng is not None:
-            rng.bit_generator.state = passes["state"]
+        rng = shuffle.begin() if shuffle else None
         batches = windowed_batches(file, ids, image_rows, lengths, batch_size, bucket_width, window, rng)
-        for _ in range(n_batches):
+        for i in range(n_batches):
             captions, feats = next(batches)
+            if shuffle and i == n_batches - 1:  # an epoch's draws end with its last batch's window
+                shuffle.drawn()
             yield trim_batch(ids[captions], feats)
         batches.close()
-        if rng is not None:
-            passes["state"] = rng.bit_generator.state
-        passes["done"] += 1
+        if shuffle:
+            shuffle.end()
 
     spec = (
         (tf.TensorSpec((None, file.dim), tf.float32), tf.TensorSpec((None, None), tf.int32)),

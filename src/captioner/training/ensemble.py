@@ -58,8 +58,9 @@ def member_kinds(model: ModelParams, train: TrainParams) -> list[str]:
 
 
 def member_jobs(model: ModelParams, train: TrainParams, vocab_size: int, features: FeatureFile,
-                precision: str) -> list[MemberJob]:
-    """One job per ensemble member: member i trains with seed `train.seed` + i."""
+                precision: str, checkpoints: str | os.PathLike[str] = "") -> list[MemberJob]:
+    """One job per ensemble member: member i trains with seed `train.seed` + i (and resumes
+    from, and checkpoints into, the CheckpointFolder at `checkpoints` when given)."""
     return [
         MemberJob(
             member=m, seed=train.seed + m,
@@ -68,6 +69,7 @@ def member_jobs(model: ModelParams, train: TrainParams, vocab_size: int, feature
             batch_size=train.batch_size, bucket_width=train.bucket_width, epochs=train.epochs,
             patience=train.patience, lr_factor=train.lr_factor, lr_patience=train.lr_patience,
             devices=train.devices, window_mb=train.feature_window_mb, max_batches=train.max_batches,
+            checkpoints=str(checkpoints),
         )
         for m, kind in enumerate(member_kinds(model, train))
     ]

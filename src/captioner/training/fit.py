@@ -24,10 +24,11 @@ import numpy as np
 import tensorflow as tf
 
 from captioner.features.store import FeatureFile
-from captioner.training.batches import make_dataset, make_streamed_dataset, window_groups
+from captioner.training.batches import EpochShuffle, make_dataset, make_streamed_dataset, window_groups
+from captioner.training.checkpoint import CheckpointFolder, MemberState
 
 __all__ = [
-    "CurveLogger", "FitResult", "compiled_member", "GlobalTokenLoss", "MemberJob", "TrainData", "compile_model", "distribution", "dtype_policy",
+    "CurveLogger", "EpochCheckpoint", "FitResult", "compiled_member", "finished_member", "GlobalTokenLoss", "MemberJob", "TrainData", "compile_model", "distribution", "dtype_policy",
     "fit", "float32_copy", "masked_accuracy", "masked_nll", "smoothed_masked_loss", "train_member",
 ]
 
@@ -160,25 +161,110 @@ def fit(
     verbose: int | str = "auto",
     lr_factor: float = 1.0,
     lr_patience: int = 1,
+    checkpoint: tuple[CheckpointFolder, int, EpochShuffle] | None = None,
 ) -> FitResult:
     """Fit with early stopping on validation loss; the model ends with its best weights.
 
     With `lr_factor` < 1 the learning rate is multiplied by it whenever the validation loss
-    has not improved for `lr_patience` epochs.
+    has not improved for `lr_patience` epochs. With `checkpoint` (folder, member, the train
+    dataset's shuffle) the whole state is saved after every epoch, and a saved state of the
+    member is resumed from: the result is bit for bit that of an uninterrupted fit.
     """
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience, restore_best_weights=True
     )
-    extra: list[keras.callbacks.Callback] = []
-    if lr_factor < 1.0:
-        extra.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=lr_factor, patience=lr_patience))
+    plateau = (keras.callbacks.ReduceLROnPlateau("val_loss", factor=lr_factor, patience=lr_patience)
+               if lr_factor < 1.0 else None)
+    callbacks = list(callbacks or [])
+    saved: dict[str, list[float]] = {}
+    initial_epoch, keeper = 0, []
+    if checkpoint is not None:
+        folder, member, shuffle = checkpoint
+        state = folder.load(member)
+        if state is not None and state.done:
+            raise ValueError(f"{folder.path(member)}: member {member + 1} is finished; load it with finished_member")
+        if state is not None:
+            saved = state.meta["history"]
+            initial_epoch = epochs if state.meta["stop_training"] else state.epoch
+            shuffle.resume(state.epoch, state.meta["shuffle"])
+            for cb in callbacks:  # the epochs already run, as if they had run here (curves)
+                for e in range(state.epoch):
+                    cb.on_epoch_end(e, {k: v[e] for k, v in saved.items()})
+        keeper = [EpochCheckpoint(folder, member, shuffle, stop, plateau, state)]
     hist = model.fit(
-        train, validation_data=val, epochs=epochs, callbacks=[stop, *extra, *(callbacks or [])],
+        train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+        callbacks=[stop, *([plateau] if plateau else []), *callbacks, *keeper],
         verbose=verbose, shuffle=False,  # the dataset reshuffles itself every epoch
     )
-    val_loss = hist.history["val_loss"]
+    history = {k: saved.get(k, []) + list(hist.history.get(k, [])) for k in {*saved, *hist.history}}
+    val_loss = history["val_loss"]
     best = int(np.argmin(val_loss))
-    return FitResult(best + 1, float(val_loss[best]), len(val_loss), dict(hist.history))
+    return FitResult(best + 1, float(val_loss[best]), len(val_loss), history)
+
+
+def _assign(variables: list, values: list[np.ndarray], what: str) -> None:
+    if len(variables) != len(values):
+        raise ValueError(f"checkpoint: {len(values)} saved {what} arrays for {len(variables)} variables")
+    for v, x in zip(variables, values):
+        if tuple(v.shape) != x.shape:
+            raise ValueError(f"checkpoint: saved {what} array of shape {x.shape} for {v.path} {tuple(v.shape)}")
+        v.assign(x)
+
+
+def _optimizer_variables(model: keras.Model) -> list:
+    opt = model.optimizer
+    if not opt.built:
+        opt.build(model.trainable_variables)
+    return list(opt.variables)
+
+
+_STOP_STATE = ("wait", "best", "best_epoch", "stopped_epoch")
+_PLATEAU_STATE = ("wait", "best", "cooldown_counter")
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a member's whole training state after every epoch (it runs last, once early
+    stopping and the learning-rate plateau have updated), and puts a saved `state` back when
+    training starts (after those callbacks reset theirs): weights and the dropout generators'
+    states, the optimizer's variables (moments, step, learning rate), early stopping's counters
+    and best weights, the plateau's counters, the data order's generator and the history."""
+
+    def __init__(self, folder: CheckpointFolder, member: int, shuffle: EpochShuffle,
+                 stop: keras.callbacks.EarlyStopping, plateau: keras.callbacks.ReduceLROnPlateau | None,
+                 state: MemberState | None) -> None:
+        super().__init__()
+        self.folder, self.member, self.shuffle = folder, member, shuffle
+        self.stop, self.plateau, self.state = stop, plateau, state
+        self.history: dict[str, list[float]] = {k: list(v) for k, v in state.meta["history"].items()} if state else {}
+
+    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        s = self.state
+        if s is None:
+            return
+        _assign(list(self.model.variables), s.arrays.get("model", []), "model")
+        _assign(_optimizer_variables(self.model), s.arrays.get("optimizer", []), "optimizer")
+        for name, cb, keys in (("stop", self.stop, _STOP_STATE), ("plateau", self.plateau, _PLATEAU_STATE)):
+            if cb is not None:
+                for k in keys:
+                    setattr(cb, k, s.meta[name][k])
+        self.stop.best_weights = list(s.arrays["best"]) if "best" in s.arrays else None
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(float(v))
+
+        def states(cb, keys):
+            return {k: (float(v) if isinstance(v, (float, np.floating)) else v)
+                    for k in keys for v in [getattr(cb, k)]} if cb is not None else None
+
+        arrays = {"model": [np.asarray(v.numpy()) for v in self.model.variables],
+                  "optimizer": [np.asarray(v.numpy()) for v in _optimizer_variables(self.model)]}
+        if self.stop.best_weights is not None:
+            arrays["best"] = [np.asarray(w) for w in self.stop.best_weights]
+        meta = {"history": self.history, "stop": states(self.stop, _STOP_STATE),
+                "plateau": states(self.plateau, _PLATEAU_STATE), "shuffle": self.shuffle.state_after(epoch),
+                "stop_training": bool(self.model.stop_training)}
+        self.folder.save(self.member, MemberState(epoch + 1, arrays, meta))
 
 
 # ---------------------------------------------------------------- devices and ensemble members
@@ -216,9 +302,10 @@ class TrainData:
     def feature_dim(self) -> int:
         return self.features.dim if isinstance(self.features, FeatureFile) else int(self.features.shape[1])
 
-    def datasets(self, batch_size: int, bucket_width: int, seed: int, window_mb: float,
+    def datasets(self, batch_size: int, bucket_width: int, seed: int | EpochShuffle, window_mb: float,
                  max_batches: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-        """(train, dev) datasets: train reshuffled every epoch from `seed`, dev in a fixed order."""
+        """(train, dev) datasets: train reshuffled every epoch from `seed` (or an
+        :class:`EpochShuffle`), dev in a fixed order."""
         if isinstance(self.features, FeatureFile):
             window = window_groups(self.features, window_mb)
             return tuple(  # type: ignore[return-value]
@@ -251,6 +338,7 @@ class MemberJob:
     devices: int = 0
     window_mb: float = 256.0  # streamed features: stored bytes per window of row groups
     max_batches: int = 0  # > 0: at most this many batches per epoch (smoke runs, benchmarks)
+    checkpoints: str = ""  # a CheckpointFolder's path: save every epoch there, resume from it ("": off)
     options: dict = field(default_factory=dict)  # room for engine settings; unused by the fit
 
 
@@ -268,19 +356,56 @@ def train_member(
     verbose: int | str = 2,
 ) -> tuple[keras.Model, FitResult]:
     """Seed, build, compile and fit one member (under a MirroredStrategy when `job.devices`
-    asks for several); returns the float32 model with its best epoch's weights."""
+    asks for several); returns the float32 model with its best epoch's weights.
+
+    With `job.checkpoints`, the fit saves its state after every epoch and resumes from a saved
+    one; a member whose checkpoint says it is finished is rebuilt from it, not trained."""
+    folder = CheckpointFolder(Path(job.checkpoints), "train") if job.checkpoints else None
+    if folder is not None and (done := finished_member(job, folder)) is not None:
+        model, result = done
+        for cb in callbacks or []:  # its epochs, as if they had run here (curves)
+            for e in range(result.epochs_run):
+                cb.on_epoch_end(e, {k: v[e] for k, v in result.history.items()})
+        return done
     keras.utils.set_random_seed(job.seed)
     strategy = distribution(job.devices)
     replicas = strategy.num_replicas_in_sync if strategy else 1
     with strategy.scope() if strategy else _nothing():
         model = compiled_member(job, replicas)
-    train, dev = data.datasets(job.batch_size * replicas, job.bucket_width, job.seed, job.window_mb,
+    shuffle = EpochShuffle(job.seed)
+    train, dev = data.datasets(job.batch_size * replicas, job.bucket_width, shuffle, job.window_mb,
                                job.max_batches)
     result = fit(model, train, dev, job.epochs, job.patience, callbacks=callbacks, verbose=verbose,
-                 lr_factor=job.lr_factor, lr_patience=job.lr_patience)
+                 lr_factor=job.lr_factor, lr_patience=job.lr_patience,
+                 checkpoint=(folder, job.member, shuffle) if folder is not None else None)
     if job.precision != "float32":  # saved float32: decoding and the CLI never see bfloat16
         model = float32_copy(model, job.build)
+    if folder is not None:
+        arrays = {"final": [np.asarray(v.numpy()) for v in model.variables]}
+        if model.optimizer is not None and model.optimizer.built:
+            arrays["final_optimizer"] = [np.asarray(v.numpy()) for v in model.optimizer.variables]
+        folder.save(job.member, MemberState(result.epochs_run, arrays, {
+            "result": {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                       "epochs_run": result.epochs_run, "history": result.history}}, done=True))
     return model, result
+
+
+def finished_member(job: MemberJob, folder: CheckpointFolder) -> tuple[keras.Model, FitResult] | None:
+    """Member `job.member` as :func:`train_member` returned it, rebuilt from its checkpoint in
+    `folder` if that says it is finished (else None): float32, compiled with its optimizer's
+    state when it trained in float32."""
+    state = folder.load(job.member)
+    if state is None or not state.done:
+        return None
+    with dtype_policy("float32"):
+        model = job.build()
+    if job.precision == "float32":
+        compile_model(model, job.learning_rate, job.label_smoothing)
+    _assign(list(model.variables), state.arrays["final"], "model")
+    if "final_optimizer" in state.arrays:
+        _assign(_optimizer_variables(model), state.arrays["final_optimizer"], "optimizer")
+    r = state.meta["result"]
+    return model, FitResult(r["best_epoch"], r["best_val_loss"], r["epochs_run"], r["history"])
 
 
 @contextmanager

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from captioner.datasets.text import END, Vocabulary
 from captioner.decoding.sample import Sampler
+from captioner.training.checkpoint import CheckpointFolder, MemberState
 from captioner.training.rewards import CiderD
 
 __all__ = [
@@ -156,6 +157,24 @@ class ScstTrainer:
             ],
         )
 
+    def state(self) -> tuple[dict[str, list[np.ndarray]], dict]:
+        """What a checkpoint keeps of this trainer: (arrays, JSON-able), the model's and the
+        optimiser's variables, the sampler's and the image order's generators."""
+        arrays = {"model": [np.asarray(v.numpy()) for v in self.model.variables],
+                  "optimizer": [np.asarray(v.numpy()) for v in self.optimizer.variables],
+                  "sampler": [self.sampler.generator.state.numpy()]}
+        return arrays, {"order": self._rng.bit_generator.state}
+
+    def restore(self, arrays: dict[str, list[np.ndarray]], meta: dict) -> None:
+        """Put back a :meth:`state` of a trainer of the same model and config."""
+        for what, variables in (("model", self.model.variables), ("optimizer", self.optimizer.variables)):
+            if len(arrays[what]) != len(variables):
+                raise ValueError(f"scst checkpoint: {len(arrays[what])} {what} arrays for {len(variables)} variables")
+            for v, x in zip(variables, arrays[what]):
+                v.assign(x)
+        self.sampler.generator.state.assign(arrays["sampler"][0])
+        self._rng.bit_generator.state = meta["order"]
+
     def loss(self, features: tf.Tensor, inputs: tf.Tensor, targets: tf.Tensor, advantages: tf.Tensor) -> tf.Tensor:
         """- mean over captions of advantage x the caption's log-probability (padding ignored)."""
         logprob = sequence_logprob(self.model, features, inputs, targets, self._banned)
@@ -260,24 +279,41 @@ def finetune(
     epochs: int,
     progress: bool = True,
     log=print,
+    checkpoints: CheckpointFolder | None = None,
 ) -> list[dict]:
     """SCST for `epochs` epochs on every model (an ensemble member by member, seed + member),
     each in place; keeps each member's epoch with the best dev CIDEr-D of its greedy captions
     (epoch 0: the cross-entropy model). `train` / `dev`: (references of each image, its row in
     `features`). Rewards use the train references' document frequencies; the dev CIDEr-D the
-    dev references' (as pycocoevalcap). Returns each member's history."""
+    dev references' (as pycocoevalcap). Returns each member's history.
+
+    With `checkpoints`, each member's state is saved after every epoch and once it is finished;
+    a saved state is resumed from (bit for bit), a finished member only gets its weights back."""
     from dataclasses import replace
 
     train_reward = CaptionReward(CiderD(train[0]), train[0], vocab)
     dev_reward = CaptionReward(CiderD(dev[0]), dev[0], vocab)
     out = []
     for m, model in enumerate(models):
+        state = checkpoints.load(m) if checkpoints is not None else None
+        if state is not None and state.done:
+            for v, x in zip(model.variables, state.arrays["final"], strict=True):
+                v.assign(x)
+            out.append(state.meta["member"])
+            log(f"scst: member {m}: finished before (best epoch {state.meta['member']['best_epoch']})")
+            continue
         trainer = ScstTrainer(model, vocab, train_reward, replace(config, seed=config.seed + m))
-        best = trainer.mean_reward(features, dev[1], reward=dev_reward)
-        weights, best_epoch = model.get_weights(), 0
-        history: list[dict] = [{"epoch": 0, "dev_cider": round(best, 5)}]
-        log(f"scst: member {m}: dev CIDEr-D {best:.4f} after cross-entropy")
-        for epoch in range(1, epochs + 1):
+        if state is not None:
+            trainer.restore(state.arrays, state.meta["trainer"])
+            best, best_epoch, history = state.meta["best"], state.meta["best_epoch"], state.meta["history"]
+            weights = list(state.arrays["best"])
+            log(f"scst: member {m} resumes at epoch {state.epoch + 1} of {epochs}")
+        else:
+            best = trainer.mean_reward(features, dev[1], reward=dev_reward)
+            weights, best_epoch = model.get_weights(), 0
+            history = [{"epoch": 0, "dev_cider": round(best, 5)}]
+            log(f"scst: member {m}: dev CIDEr-D {best:.4f} after cross-entropy")
+        for epoch in range(state.epoch + 1 if state is not None else 1, epochs + 1):
             r = trainer.epoch(features, train[1], progress)
             dev_cider = trainer.mean_reward(features, dev[1], reward=dev_reward)
             history.append({"epoch": epoch, "reward": round(r.reward, 5), "baseline": round(r.baseline, 5),
@@ -287,8 +323,15 @@ def finetune(
                 f"{r.length:.1f}, dev CIDEr-D {dev_cider:.4f} ({r.seconds:.0f} s)")
             if dev_cider > best:
                 best, weights, best_epoch = dev_cider, model.get_weights(), epoch
+            if checkpoints is not None:
+                arrays, trainer_state = trainer.state()
+                checkpoints.save(m, MemberState(epoch, {**arrays, "best": [np.asarray(w) for w in weights]}, {
+                    "trainer": trainer_state, "best": best, "best_epoch": best_epoch, "history": history}))
         model.set_weights(weights)
         out.append({"member": m, "best_epoch": best_epoch, "best_dev_cider": round(best, 5), "epochs": history})
+        if checkpoints is not None:
+            checkpoints.save(m, MemberState(epochs, {"final": [np.asarray(v.numpy()) for v in model.variables]},
+                                            {"member": out[-1]}, done=True))
     return out
 
 

@@ -196,3 +196,46 @@ def test_finetune_keeps_each_members_best_dev_epoch(merge_toy: dict) -> None:
         trainer = ScstTrainer(model, merge_toy["vocab"], dev_reward, config)
         assert trainer.mean_reward(feats, dev[1]) == pytest.approx(max(scores), abs=1e-4)  # the best weights
     assert any(h["epochs"][-1]["dev_cider"] < h["best_dev_cider"] for h in histories)  # restoring mattered
+
+
+@pytest.mark.parametrize("stop_member", [0, 1])
+def test_finetune_interrupted_mid_member_resumes_bit_for_bit(merge_toy: dict, tmp_path, stop_member: int) -> None:
+    """`finetune` with checkpoints, interrupted during a member's second epoch and run again,
+    ends with the uninterrupted run's weights and histories; a finished member is not retrained."""
+    from captioner.training.checkpoint import CheckpointFolder
+    from captioner.training.scst import finetune
+
+    train, dev = (merge_toy["refs"][:160], np.arange(160)), (merge_toy["refs"][160:], np.arange(160, N))
+    config = ScstConfig(samples=4, max_length=8, learning_rate=0.05, batch_size=32, seed=0)
+
+    def run(log, folder=None):
+        keras.utils.set_random_seed(1)  # the same dropout generators' seeds in every run
+        members = [_fresh(merge_toy)["model"] for _ in range(2)]
+        return members, finetune(members, merge_toy["feats"], train, dev, merge_toy["vocab"], config, epochs=3,
+                                 progress=False, log=log, checkpoints=folder)
+
+    plain_members, plain = run(lambda _: None)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(line: str) -> None:
+        if line.startswith(f"scst: member {stop_member} epoch 2/3"):
+            raise Interrupt(line)  # epoch 2 ran, its checkpoint is not written yet
+
+    folder = CheckpointFolder.open(tmp_path / "ck", "scst", {"params": {"scst": 1}})
+    with pytest.raises(Interrupt):
+        run(stop, folder)
+    assert folder.load(stop_member).epoch == 1 and (stop_member == 0 or folder.load(0).done)
+    lines: list[str] = []
+    members, histories = run(lines.append, folder)
+
+    def timeless(hs):  # wall-clock seconds differ between any two runs
+        return [{**h, "epochs": [{k: v for k, v in e.items() if k != "seconds"} for e in h["epochs"]]} for h in hs]
+
+    assert timeless(histories) == timeless(plain)
+    assert f"scst: member {stop_member} resumes at epoch 2 of 3" in lines
+    assert (stop_member == 1) == any(line.startswith("scst: member 0: finished before") for line in lines)
+    for a, b in zip(members, plain_members):
+        for x, y in zip(a.variables, b.variables):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
