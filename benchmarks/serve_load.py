@@ -2,12 +2,18 @@
 
 A `captioner serve` process is started on a free local port; `--clients` concurrent clients
 (asyncio + httpx, in this process) post images for `--seconds` or `--requests` requests,
-whichever ends first. Four in five requests carry a good photo (from `--data`'s images; drawn
-ones when it has none); the others a bad upload in turn: truncated JPEG, not an image, huge
-(too many pixels), too large (bytes) and empty. Measured: successful captions per second,
-p50/p99 latency of good requests, responses by status and error kind, and the server's
-memory (RSS) over the run. Run twice: requests batched (`--max-batch`, the service default)
-and one at a time (`--max-batch 1`), to see whether batching pays.
+whichever ends first. Four in five requests carry a good image; the others a bad upload in
+turn: truncated JPEG, not an image, huge (too many pixels), too large (bytes) and empty. Good
+images: `--data`'s photos (Flickr8k's, 0.05 MP: size class "small"; drawn ones when it has none)
+and, with `--mix` (the default), generated uploads of the kinds people send
+(benchmarks/photos.py): 12 MP phone JPEGs stored sideways with an EXIF orientation ("camera"),
+a 3:1 panorama, a grey JPEG, a 16-bit grey PNG and a transparent PNG ("medium"), each sent as
+often as four small photos. Measured: successful captions per second, p50/p99 latency of good
+requests overall and by size class, responses by status and problem kind, and the server's
+memory (RSS) over the run. Runs: requests batched (`--max-batch`, the service default) and one
+at a time (`--max-batch 1`), to see whether batching pays; `--batch-endpoint`: 8 images per
+POST /captions; `--soak SECONDS`: one long batched run whose RSS after warm-up (the first
+minute) and at the end give the memory growth, with the RSS every 30 s.
 
 The model: `--model DIR` (or $CAPTIONER_MODEL / data/release / data/model when they hold a
 model); without one, a stand-in of the Flickr8k merge preset's shape (train.ensemble
@@ -35,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
 
 BAD_KINDS = ("truncated", "not_an_image", "huge_pixels", "too_large", "empty")
+MIX_WEIGHT = 4  # each generated upload is sent as often as this many small photos
 PRESET_VOCAB = 2533
 
 
@@ -44,7 +51,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def good_images(data: str, n: int, tmp: Path) -> list[bytes]:
+def good_images(data: str, n: int, tmp: Path, mix: bool = False) -> list[tuple[str, bytes]]:
+    """(size class, bytes) of up to `n` photos of the data set, or drawn ones when it has none;
+    with `mix`, the generated uploads of benchmarks/photos.py too (MIX_WEIGHT times each)."""
+    from benchmarks.photos import photo_mix, size_class
+
+    small = _data_images(data, n)
+    out = [("small", b) for b in small]
+    if mix:
+        import numpy as np
+        from PIL import Image
+
+        bases = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in small[:6]]
+        for data_ in photo_mix(seed=0, bases=bases).values():
+            with Image.open(io.BytesIO(data_)) as im:
+                out += [(size_class(*im.size), data_)] * MIX_WEIGHT
+    return out
+
+
+def _data_images(data: str, n: int) -> list[bytes]:
     """Up to `n` photos of the data set (JPEG bytes), or drawn ones when it has none."""
     import numpy as np
     from PIL import Image
@@ -103,7 +128,9 @@ def stand_in_model(folder: Path, params, weights: str) -> Path:
 class MemoryWatch:
     """Samples a process's RSS every `every` seconds in a thread."""
 
-    def __init__(self, pid: int, every: float = 0.25) -> None:
+    EVERY = 0.25
+
+    def __init__(self, pid: int, every: float = EVERY) -> None:
         import psutil
 
         self.proc, self.every, self.samples = psutil.Process(pid), every, []
@@ -126,23 +153,48 @@ class MemoryWatch:
         return {"rss_start_mb": round(s[0], 1), "rss_peak_mb": round(max(s), 1), "rss_end_mb": round(s[-1], 1)}
 
 
-async def _load(url: str, good: list[bytes], bad: dict[str, bytes], clients: int, seconds: float,
-                max_requests: int) -> tuple[list[tuple[str, int, str, float]], float]:
-    """(kind, status, error kind, seconds) per request, and the wall time of the run. One request
-    in five is a bad upload, of each kind in turn; the run lasts `seconds`, but at least until
-    every bad kind was sent once (and never past `max_requests`)."""
-    import httpx
+def _problem_kind(r) -> str:
+    """The problem kind of an error response (the end of its `type`), or why there is none."""
+    try:
+        return str(r.json().get("type", "")).rsplit(":", 1)[-1] or "no_type"
+    except ValueError:
+        return "not_json"
 
-    results: list[tuple[str, int, str, float]] = []
+
+async def _load(url: str, good: list[tuple[str, bytes]], bad: dict[str, bytes], clients: int, seconds: float,
+                max_requests: int, per_request: int = 0) -> tuple[list[tuple[str, int, str, float, str]], float]:
+    """(kind, status, problem kind, seconds, size class) per request, and the wall time of the
+    run. One request in five is a bad upload, of each kind in turn; the run lasts `seconds`, but
+    at least until every bad kind was sent once (and never past `max_requests`). With
+    `per_request` > 0, every request is a POST /captions of that many good images (class "batch")."""
+    import httpx
+    import numpy as np
+
+    results: list[tuple[str, int, str, float, str]] = []
     counter = iter(range(max_requests))
     deadline = time.perf_counter() + seconds
+    order = np.random.default_rng(0).permutation(len(good))  # the classes interleaved
 
     async def client(c: httpx.AsyncClient) -> None:
         for i in counter:
+            if per_request:
+                if time.perf_counter() > deadline:
+                    return
+                parts = [("image", (f"{j}.img", good[order[(i * per_request + j) % len(good)]][1]))
+                         for j in range(per_request)]
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post("/captions", files=parts)
+                    ok = r.status_code == 200 and all("caption" in x for x in r.json()["results"])
+                    status, err = (200 if ok else max(r.status_code, 500)), ("" if ok else _problem_kind(r))
+                except httpx.HTTPError as e:
+                    status, err = 0, f"transport:{type(e).__name__}"
+                results.append(("good", status, err, time.perf_counter() - t0, "batch"))
+                continue
             if time.perf_counter() > deadline and i >= 5 * len(BAD_KINDS):  # every bad kind sent once
                 return
             kind = "good" if i % 5 else BAD_KINDS[(i // 5) % len(BAD_KINDS)]
-            body = good[i % len(good)] if kind == "good" else bad[kind]
+            cls, body = good[order[i % len(good)]] if kind == "good" else ("bad", bad[kind])
             t0 = time.perf_counter()
             try:
                 if i % 2:
@@ -150,13 +202,10 @@ async def _load(url: str, good: list[bytes], bad: dict[str, bytes], clients: int
                 else:
                     r = await c.post("/caption", content=body, headers={"content-type": "application/octet-stream"})
                 status = r.status_code
-                try:
-                    err = r.json().get("error", "") if status >= 400 else ""
-                except ValueError:
-                    err = "not_json"
+                err = _problem_kind(r) if status >= 400 else ""
             except httpx.HTTPError as e:
                 status, err = 0, f"transport:{type(e).__name__}"
-            results.append((kind, status, err, time.perf_counter() - t0))
+            results.append((kind, status, err, time.perf_counter() - t0, cls))
 
     start = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=clients)) as c:
@@ -164,8 +213,9 @@ async def _load(url: str, good: list[bytes], bad: dict[str, bytes], clients: int
     return results, time.perf_counter() - start
 
 
-def run_load(model: Path, data_images: list[bytes], clients: int, seconds: float, max_requests: int,
-             max_batch: int, max_upload_mb: float = 10.0, beam: int | None = None) -> dict:
+def run_load(model: Path, data_images: list[tuple[str, bytes]], clients: int, seconds: float, max_requests: int,
+             max_batch: int, max_upload_mb: float = 10.0, beam: int | None = None, per_request: int = 0,
+             curve_every: float = 0.0) -> dict:
     """Start `captioner serve`, load it, stop it; the figures of one run."""
     import httpx
     import numpy as np
@@ -184,7 +234,7 @@ def run_load(model: Path, data_images: list[bytes], clients: int, seconds: float
                 log.seek(0)
                 raise SystemExit(f"serve_load: the server exited ({proc.returncode}): {log.read()[-2000:]}")
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -192,11 +242,12 @@ def run_load(model: Path, data_images: list[bytes], clients: int, seconds: float
                 raise SystemExit("serve_load: the server did not start in 300 s")
             time.sleep(0.2)
         startup_s = time.perf_counter() - t0
-        bad = bad_uploads(data_images[0], int(max_upload_mb * 1024 * 1024))
+        bad = bad_uploads(data_images[0][1], int(max_upload_mb * 1024 * 1024))
         watch = MemoryWatch(proc.pid)
-        results, wall = asyncio.run(_load(url, data_images, bad, clients, seconds, max_requests))
+        results, wall = asyncio.run(_load(url, data_images, bad, clients, seconds, max_requests, per_request))
+        samples = list(watch.samples)
         memory = watch.stop()
-        health = httpx.get(f"{url}/health", timeout=10).json()
+        health = httpx.get(f"{url}/readyz", timeout=10).json()
     finally:
         proc.terminate()
         try:
@@ -206,17 +257,24 @@ def run_load(model: Path, data_images: list[bytes], clients: int, seconds: float
     good = [r for r in results if r[0] == "good"]
     ok = [r for r in good if r[1] == 200]
     lat = np.array([r[3] for r in ok]) * 1000 if ok else np.array([np.nan])
+    classes = {}
+    for cls in dict.fromkeys(r[4] for r in ok):
+        ms = np.array([r[3] for r in ok if r[4] == cls]) * 1000
+        classes[cls] = {"n": len(ms), "p50_ms": common.rnd(float(np.percentile(ms, 50))),
+                        "p99_ms": common.rnd(float(np.percentile(ms, 99))), "max_ms": common.rnd(float(ms.max()))}
     bad_rows = [r for r in results if r[0] != "good"]
     by_status: dict[str, int] = {}
     by_kind: dict[str, dict[str, int]] = {}
-    for kind, status, err, _ in results:
+    for kind, status, err, _, _ in results:
         by_status[str(status)] = by_status.get(str(status), 0) + 1
         key = f"{status} {err}".strip()
         by_kind.setdefault(kind, {})[key] = by_kind.setdefault(kind, {}).get(key, 0) + 1
     b = health.get("batching", {})
-    return {
+    images = len(ok) * (per_request or 1)
+    out = {
         "max_batch": max_batch, "clients": clients, "requests": len(results), "wall_s": round(wall, 2),
-        "startup_s": round(startup_s, 1), "captions": len(ok), "rps": common.rnd(len(ok) / wall),
+        "images_per_request": per_request or 1, "by_class": classes,
+        "startup_s": round(startup_s, 1), "captions": images, "rps": common.rnd(images / wall),
         "requests_per_s": common.rnd(len(results) / wall),
         "p50_ms": common.rnd(float(np.percentile(lat, 50))), "p99_ms": common.rnd(float(np.percentile(lat, 99))),
         "max_ms": common.rnd(float(np.max(lat))),
@@ -226,6 +284,13 @@ def run_load(model: Path, data_images: list[bytes], clients: int, seconds: float
         "by_status": by_status, "by_kind": by_kind, "memory": memory,
         "mean_batch": round(b["images"] / b["batches"], 2) if b.get("batches") else None,
     }
+    if curve_every:  # the soak: RSS after warm-up (the first minute) and at the end, a point every curve_every s
+        step = max(1, int(curve_every / MemoryWatch.EVERY))
+        warm = samples[min(len(samples) - 1, int(60 / MemoryWatch.EVERY))] if samples else 0.0
+        out["soak"] = {"rss_after_warmup_mb": round(warm, 1), "rss_end_mb": round(samples[-1], 1) if samples else 0.0,
+                       "growth_pct": round(100 * (samples[-1] / warm - 1), 2) if samples and warm else None,
+                       "rss_curve_mb": [round(x, 1) for x in samples[::step]], "curve_every_s": curve_every}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -240,9 +305,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="beam width the server decodes with (the target's: 3; 0 = the model folder's decoding settings)")
     ap.add_argument("--unbatched", action=argparse.BooleanOptionalAction, default=True,
                     help="also run with --max-batch 1 (does batching pay?)")
+    ap.add_argument("--mix", action=argparse.BooleanOptionalAction, default=True,
+                    help="add generated camera-size and odd uploads to the small photos (quick: off)")
+    ap.add_argument("--batch-endpoint", type=int, default=8, metavar="N",
+                    help="also a run of POST /captions with N images each (0: none; quick: 0)")
+    ap.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                    help="also a soak run this long (e.g. 600), RSS growth after warm-up")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seconds, args.requests, args.images = 4.0, 30, 4
+        args.seconds, args.requests, args.images, args.mix, args.batch_endpoint = 4.0, 30, 4, False, 0
 
     from captioner.model.folder import ModelError, check_model_files, default_model_dir
 
@@ -259,16 +330,24 @@ def main(argv: list[str] | None = None) -> dict:
         what = (f"stand-in: {params.train.ensemble} untrained merge members of the Flickr8k merge preset's "
                 f"shape (vocab {PRESET_VOCAB}), beam 3, 12 words")
     with tempfile.TemporaryDirectory() as tmp:
-        images = good_images(args.data, args.images, Path(tmp))
+        images = good_images(args.data, args.images, Path(tmp), mix=args.mix)
     what += f", served at beam {args.beam}" if args.beam else ", served with its decoding settings"
     print(f"serve_load: {what}; {args.clients} clients, {args.seconds:g} s or {args.requests} requests per run")
     runs = {}
     for batch in dict.fromkeys((args.max_batch, 1) if args.unbatched else (args.max_batch,)):
         runs[f"batch{batch}"] = run_load(Path(model), images, args.clients, args.seconds, args.requests, batch,
                                          beam=args.beam)
-        r = runs[f"batch{batch}"]
-        print(f"  max_batch {batch}: {r['rps']} captions/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-              f"5xx {r['status_5xx']}, mean batch {r['mean_batch']}, RSS peak {r['memory']['rss_peak_mb']} MB")
+        _print_run(f"max_batch {batch}", runs[f"batch{batch}"])
+    if args.batch_endpoint:
+        runs["captions_endpoint"] = run_load(Path(model), images, args.clients, args.seconds, args.requests,
+                                             args.max_batch, beam=args.beam, per_request=args.batch_endpoint)
+        _print_run(f"POST /captions x{args.batch_endpoint}", runs["captions_endpoint"])
+    if args.soak:
+        runs["soak"] = run_load(Path(model), images, args.clients, args.soak, 10**9, args.max_batch, beam=args.beam,
+                                curve_every=30.0)
+        _print_run(f"soak {args.soak:g} s", runs["soak"])
+        print(f"  soak RSS after warm-up {runs['soak']['soak']['rss_after_warmup_mb']} MB, end "
+              f"{runs['soak']['soak']['rss_end_mb']} MB ({runs['soak']['soak']['growth_pct']:+}%)")
     head = runs[f"batch{args.max_batch}"]
     part = {
         "summary": {
@@ -276,12 +355,21 @@ def main(argv: list[str] | None = None) -> dict:
             "serve_5xx": sum(r["status_5xx"] for r in runs.values()),
             "serve_bad_4xx_fraction": min(r["bad_4xx_fraction"] for r in runs.values()),
             "serve_unbatched_rps": runs["batch1"]["rps"] if "batch1" in runs else None, "serve_rss_peak_mb": head["memory"]["rss_peak_mb"],
+            "serve_camera_p99_ms": head["by_class"].get("camera", {}).get("p99_ms"),
+            "serve_soak_rss_growth_pct": runs["soak"]["soak"]["growth_pct"] if "soak" in runs else None,
         },
         "model": what, "runs": runs, "machine": info, "quick": args.quick,
     }
     common.write_part(args.out, part)
     common.report("serve under load", part["summary"])
     return part
+
+
+def _print_run(name: str, r: dict) -> None:
+    classes = ", ".join(f"{c} p50/p99 {v['p50_ms']}/{v['p99_ms']} ms (n {v['n']})" for c, v in r["by_class"].items())
+    print(f"  {name}: {r['rps']} captions/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, 5xx {r['status_5xx']}, "
+          f"bad 4xx {r['bad_4xx_fraction']:.0%}, mean batch {r['mean_batch']}, RSS peak {r['memory']['rss_peak_mb']} MB; "
+          f"{classes}")
 
 
 if __name__ == "__main__":

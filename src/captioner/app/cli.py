@@ -112,16 +112,19 @@ def map_path(folder: Path, image: Path, taken: set[Path]) -> Path:
 
 
 class _Reporter:
-    """Where problems go: `captioner: <message>` lines on stderr, or with --json JSON lines
-    {"image", "error"} on stdout beside the captions (image null for a problem with no image)."""
+    """Where problems go: `captioner: <message>` lines on stderr, or with --json one JSON line
+    each on stderr in the service's problem shape (captioner.app.problems: type, title, status,
+    detail) plus "image" (null for a problem with no image); stdout keeps the captions only."""
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
 
-    def __call__(self, message: str, image: str | os.PathLike[str] | None = None) -> None:
+    def __call__(self, message: str, image: str | os.PathLike[str] | None = None, kind: str = "undecodable") -> None:
         if self.as_json:
-            print(json.dumps({"image": None if image is None else str(image), "error": message},
-                             ensure_ascii=False), flush=True)
+            from captioner.app.problems import problem
+
+            print(json.dumps(problem(kind, message, image=None if image is None else str(image)),
+                             ensure_ascii=False), file=sys.stderr, flush=True)
         else:
             print(f"captioner: {f'{image}: ' if image is not None else ''}{message}", file=sys.stderr)
 
@@ -139,9 +142,9 @@ def _caption(args: argparse.Namespace) -> int:
     # Everything that needs no TensorFlow is checked first: bad inputs fail in milliseconds.
     paths, unmatched = expand_inputs(args.images, skip=[maps] if maps else [])
     for item in unmatched:
-        report(unmatched_reason(item), item)
+        report(unmatched_reason(item), item, "no_match")
     if not paths:
-        report("no images to caption")
+        report("no images to caption", kind="no_images")
         return 2
     try:
         check_model_files(model)
@@ -150,7 +153,7 @@ def _caption(args: argparse.Namespace) -> int:
 
         cap = load_captioner(model)
     except (ModelError, ValueError) as e:
-        report(str(e))
+        report(str(e), kind="bad_model")
         return 2
 
     import numpy as np
@@ -159,7 +162,7 @@ def _caption(args: argparse.Namespace) -> int:
 
     if maps is not None and not cap.attends:
         report(f"{model}: a merge model has no attention to show; --attention-map needs a model "
-               "trained with model.kind: attention")
+               "trained with model.kind: attention", kind="bad_request")
         return 2
 
     progress = sys.stderr.isatty() and not args.json
@@ -186,23 +189,27 @@ def _caption(args: argparse.Namespace) -> int:
                 try:
                     save_attention_map(out, path, cap.backbone.input_size, c.words, c.attention)
                 except OSError as e:  # the caption is still printed; the exit status says it
-                    report(f"cannot write the attention map ({e.strerror or e})", out)
+                    report(f"cannot write the attention map ({e.strerror or e})", out, "write_failed")
                     out, failed = None, True
             print(caption_line(path, c.words, c.logprob, args.json, out), flush=True)
     return 1 if failed else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from captioner.app.serve import ServeSettings, run
+    from captioner.app.serve import ServeSettings, read_api_keys, run
 
     model = args.model or default_model_dir()
     try:
+        check_model_files(model)  # before the port opens: a bad folder is a one-line error
         config = read_decoding(model).overridden(**decoding_overrides(args))
         settings = ServeSettings(
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=int(args.max_pixels * 1e6),
             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+            max_images=args.max_images, drain_seconds=args.drain_seconds,
+            api_keys=read_api_keys(os.environ.get("CAPTIONER_API_KEYS"), args.api_keys_file),
+            cors_origins=tuple(args.cors_origin or ()),
         )
-        return run(model, config, settings, args.host, args.port)
+        return run(model, config, settings, args.host, args.port, args.log_level)
     except (ModelError, ValueError) as e:
         print(f"captioner: {e}", file=sys.stderr)
         return 2
@@ -215,11 +222,14 @@ def _export(args: argparse.Namespace) -> int:
     model = args.model or default_model_dir()
     try:
         config = read_decoding(model).overridden(**decoding_overrides(args))
-        out = export_savedmodel(load_captioner(model), args.out, config)
+        out = export_savedmodel(load_captioner(model), args.out, config, serving=args.tf_serving)
     except (ModelError, ValueError) as e:
         print(f"captioner: {e}", file=sys.stderr)
         return 2
     print(f"captioner: exported {model} -> {out}")
+    if args.tf_serving:
+        print(f"captioner: serve it with: tensorflow_model_server --rest_api_port=8501 "
+              f"--model_name={args.tf_serving} --model_base_path={out.parent.resolve()}")
     return 0
 
 
@@ -273,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser(
         "caption", help="print a caption for each image",
         description="Caption images: one `path<TAB>caption` line each (or JSON lines with --json). "
-        "Unreadable images are reported (on stderr; with --json as {\"image\", \"error\"} lines on stdout) "
+        "Unreadable images are reported on stderr (with --json as RFC 9457 problem objects plus \"image\", one a line) "
         "and the others are still captioned.",
     )
     cap.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
@@ -284,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         cap.add_argument(flag, type=positive_int, default=default, help=f"{what} (default: %(default)s)")
     cap.add_argument("--json", action="store_true",
-                     help='JSON lines: {"image", "caption", "score"}, and {"image", "error"} for problems')
+                     help='JSON lines: {"image", "caption", "score"} on stdout; problems on stderr as '
+                     '{"type", "title", "status", "detail", "image"}')
     cap.add_argument(
         "--attention-map", metavar="DIR",
         help="attention models: write DIR/<image>.attention.png, one panel per word lit where the model looked",
@@ -292,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.set_defaults(func=_caption)
 
     srv = sub.add_parser("serve", help="an HTTP captioning service with a demo page",
-                         description="Serve POST /caption, GET /health and a demo page at / (model loaded once).")
+                         description="Serve POST /caption and /captions, GET /healthz, /readyz, /metrics, the API "
+                         "at /docs and a demo page at / (model loaded once). API keys: $CAPTIONER_API_KEYS "
+                         "(comma-separated) and/or --api-keys-file; then requests need `Authorization: Bearer <key>`.")
     add_model_flags(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     srv.add_argument("--port", type=int, default=8000, help="(default: %(default)s; 0 = any free port)")
@@ -304,12 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--batch-wait-ms", type=non_negative_float, default=2.0,
                      help="how long a batch waits for more requests (default: %(default)s)")
     srv.add_argument("--max-queue", type=positive_int, default=64,
-                     help="requests waiting at most; more get 503 (default: %(default)s)")
+                     help="images waiting at most; more get 503 (default: %(default)s)")
+    srv.add_argument("--max-images", type=positive_int, default=16,
+                     help="images in one POST /captions at most (default: %(default)s)")
+    srv.add_argument("--api-keys-file", metavar="FILE", help="API keys, one a line (with or instead of "
+                     "$CAPTIONER_API_KEYS); without keys the service is open to anyone who reaches it")
+    srv.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                     help="allow browser calls from this origin, e.g. https://app.example.com (repeatable; "
+                     "default: no CORS)")
+    srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                     help="server and access-log level (default: %(default)s; info logs one line per request)")
+    srv.add_argument("--drain-seconds", type=non_negative_float, default=30.0,
+                     help="on SIGTERM, time given to requests already accepted (default: %(default)s)")
     srv.set_defaults(func=_serve)
 
     exp = sub.add_parser("export", help="write a self-contained TensorFlow SavedModel (JPEG bytes -> caption)")
     add_model_flags(exp)
-    exp.add_argument("out", help="SavedModel folder to write")
+    exp.add_argument("out", help="SavedModel folder to write (with --tf-serving: the models' base folder)")
+    exp.add_argument("--tf-serving", metavar="NAME",
+                     help="write TF Serving's layout, OUT/NAME/<next version>/ (1, 2, ...)")
     exp.set_defaults(func=_export)
     return ap
 

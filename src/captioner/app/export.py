@@ -1,7 +1,8 @@
 """`captioner export`: one self-contained TensorFlow SavedModel, image bytes -> caption.
 
-The graph holds everything: image decoding (JPEG, PNG, GIF, BMP via `tf.io.decode_image`),
-the squash to the CNN's input size (bicubic), the CNN backbone, the decoder (one model or an
+The graph holds everything: image reading as the CLI reads a file (decoding, EXIF orientation,
+grey, 16-bit and transparent images, the squash to the CNN's input size: `read_image_graph`),
+the CNN backbone, the decoder (one model or an
 averaged ensemble, merge or attention) and the model folder's decoding (`decoding.json`):
 beam search of its width with its GNMT length penalty and n-gram blocking, up to its
 `max_length` words, in one `tf.while_loop` that follows `captioner.decoding.search.beam_search`
@@ -11,10 +12,9 @@ step for step. Loading it needs TensorFlow only, not this package:
     out = m.caption(tf.constant([open("photo.jpg", "rb").read()]))
     out["caption"]  # tf.string (N,): space-joined words;  out["score"]: float32 (N,) log-probability
 
-`decoding.json` inside the export records the decoding it does. JPEGs are decoded with the
-accurate integer DCT as PIL decodes them (with TF's default fast DCT, 1 caption in 5 of the
-Flickr8k merge preset differed from the CLI's; with it, 40 of 40 dev images agree); resizing is
-TF's bicubic, so an image that needs resizing can still differ in the last bits.
+`decoding.json` inside the export records the decoding it does. `export_savedmodel(...,
+serving=NAME)` writes TF Serving's layout instead, ``<out>/<NAME>/<version>/`` (the next free
+integer version), which `tensorflow_model_server --model_base_path=<out>/<NAME>` serves.
 """
 
 from __future__ import annotations
@@ -30,7 +30,104 @@ from captioner.decoding.captioner import Captioner
 from captioner.model.folder import write_decoding
 from captioner.datasets.text import END, PAD, START, UNK
 
-__all__ = ["CaptionGraph", "export_savedmodel"]
+__all__ = ["CaptionGraph", "exif_orientation", "export_savedmodel", "read_image_graph", "serving_version_dir"]
+
+
+# ---------------------------------------------------------------- the CLI's image reading, in TensorFlow ops
+#
+# `captioner.features.images.read_image` is the one definition of how a file becomes the CNN's
+# input (the CLI, the service, extract_features and evaluate all call it): JPEG decoded by libjpeg
+# at 1/2, 1/4 or 1/8 scale when both sides stay >= the input size (PIL's `draft`), the accurate
+# integer DCT, EXIF orientation applied, grey or 16-bit samples to 8-bit RGB (16-bit / 257,
+# rounded), transparency composited onto white, then squashed to size x size by PIL's bicubic
+# filter, which widens with the reduction (antialiased). The functions below do the same in
+# TensorFlow ops for the SavedModel; tests/unit/app/test_export.py holds them to it on full-size,
+# odd-aspect, EXIF-rotated, greyscale, 16-bit and transparent images (pixels within 1/255 on
+# average, the same captions).
+
+_SCAN = 1 << 17  # bytes searched for the EXIF block (it sits in the first APP segments)
+
+
+def _u8(raw: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
+    """Byte `i` of `raw` as int32 (0 past the end: no out-of-range error inside the graph)."""
+    n = tf.shape(raw)[0]
+    return tf.where(i < n, tf.cast(tf.gather(raw, tf.clip_by_value(i, 0, tf.maximum(n - 1, 0))), tf.int32), 0)
+
+
+def _u16(raw: tf.Tensor, i: tf.Tensor, big: tf.Tensor) -> tf.Tensor:
+    a, b = _u8(raw, i), _u8(raw, i + 1)
+    return tf.where(big, a * 256 + b, b * 256 + a)
+
+
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (1-8) of JPEG bytes; 1 when there is none or it cannot be read."""
+    raw = tf.io.decode_raw(tf.strings.substr(data, 0, tf.minimum(tf.strings.length(data), _SCAN)), tf.uint8)
+
+    def walking(pos, tiff):
+        marker = _u8(raw, pos + 1)
+        return (tiff < 0) & (_u8(raw, pos) == 0xFF) & (marker >= 0xE0) & (marker <= 0xEF) & (pos < _SCAN)
+
+    def step(pos, tiff):  # APPn segments: FF En <length, 2 bytes, big-endian> <payload>
+        exif = (_u8(raw, pos + 1) == 0xE1) & tf.reduce_all(
+            tf.stack([_u8(raw, pos + 4 + k) for k in range(6)]) == tf.constant([69, 120, 105, 102, 0, 0]))
+        return pos + 2 + _u16(raw, pos + 2, tf.constant(True)), tf.where(exif, pos + 10, -1)
+
+    _, tiff = tf.while_loop(walking, step, (tf.constant(2), tf.constant(-1)), maximum_iterations=32)
+    big = _u8(raw, tiff) == 0x4D  # "MM": big-endian TIFF, "II": little-endian
+    ifd = tiff + _u16(raw, tiff + 4 + tf.where(big, 2, 0), big)  # IFD0 offsets past 64 KiB: not in practice
+    count = tf.minimum(_u16(raw, ifd, big), 64)
+    entries = ifd + 2 + 12 * tf.range(64)
+    tags = tf.map_fn(lambda e: _u16(raw, e, big), entries)
+    hit = (tags == 0x0112) & (tf.range(64) < count)
+    value = _u16(raw, tf.reduce_sum(tf.where(hit, entries, 0)) + 8, big)
+    found = (tiff >= 0) & tf.reduce_any(hit) & (value >= 1) & (value <= 8)
+    return tf.where(found, value, 1)
+
+
+def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """PIL's `ImageOps.exif_transpose` for orientations 1-8."""
+    t = lambda x: tf.transpose(x, [1, 0, 2])  # noqa: E731
+    return tf.switch_case(orientation - 1, [
+        lambda: image,                                   # 1
+        lambda: tf.image.flip_left_right(image),         # 2
+        lambda: tf.image.rot90(image, 2),                # 3
+        lambda: tf.image.flip_up_down(image),            # 4
+        lambda: t(image),                                # 5 transpose
+        lambda: tf.image.rot90(image, 3),                # 6 (PIL ROTATE_270: a quarter turn clockwise)
+        lambda: tf.image.rot90(t(image), 2),             # 7 transverse
+        lambda: tf.image.rot90(image, 1),                # 8 (PIL ROTATE_90)
+    ])
+
+
+def _read_jpeg(data: tf.Tensor, size: int) -> tf.Tensor:
+    shape = tf.io.extract_jpeg_shape(data)
+    scale = tf.minimum(shape[0] // size, shape[1] // size)  # PIL's draft: the largest 1/r keeping both >= size
+    branch = tf.where(scale >= 8, 3, tf.where(scale >= 4, 2, tf.where(scale >= 2, 1, 0)))
+    image = tf.switch_case(branch, [
+        lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE") for r in (1, 2, 4, 8)])
+    return tf.cast(_orient(image, exif_orientation(data)), tf.float32)
+
+
+def _read_other(data: tf.Tensor) -> tf.Tensor:
+    """PNG (8 or 16 bits, grey, alpha), GIF, BMP -> float RGB in 0..255, transparency on white."""
+    def png():  # 8-bit samples come back x 257, 16-bit ones as they are: / 257 is exact for the first
+        return tf.round(tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32) / 257.0)
+
+    is_png = tf.equal(tf.strings.substr(data, 0, 4), b"\x89PNG")
+    x = tf.cond(is_png, png,
+                lambda: tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False), tf.float32))
+    x = tf.ensure_shape(x, [None, None, None])
+    channels = tf.shape(x)[2]
+    colour = tf.cond(channels >= 3, lambda: x[:, :, :3], lambda: tf.tile(x[:, :, :1], [1, 1, 3]))
+    alpha = tf.cond(tf.equal(channels % 2, 0), lambda: x[:, :, -1:] / 255.0, lambda: tf.ones_like(x[:, :, :1]))
+    return tf.round(colour * alpha + 255.0 * (1.0 - alpha))
+
+
+def read_image_graph(data: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded image bytes -> (size, size, 3) uint8, as `read_image` (see above)."""
+    image = tf.cond(tf.io.is_jpeg(data), lambda: _read_jpeg(data, size), lambda: _read_other(data))
+    image = tf.image.resize(image, [size, size], method="bicubic", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 class CaptionGraph(tf.Module):
     """The exported module: `caption(images)` with images a (N,) tf.string of encoded files."""
@@ -56,14 +153,8 @@ class CaptionGraph(tf.Module):
         self.caption = tf.function(self._caption, input_signature=[tf.TensorSpec([None], tf.string)])
 
     def _read(self, data: tf.Tensor) -> tf.Tensor:
-        # JPEG with the accurate integer DCT, as PIL decodes it (TF's default is the fast one)
-        image = tf.cond(
-            tf.io.is_jpeg(data),
-            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-            lambda: tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3]),
-        )
-        image = tf.image.resize(tf.cast(image, tf.float32), [self.size, self.size], method="bicubic")
-        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        """Encoded bytes -> (size, size, 3) uint8, as `captioner.features.images.read_image` reads a file."""
+        return read_image_graph(data, self.size)
 
     def _bans(self, seqs: tf.Tensor, t: tf.Tensor, vsize: int) -> tf.Tensor:
         """(R, V) True where the next token would repeat an n-gram already in that row of
@@ -162,12 +253,26 @@ def _valid_variable_names(models: list) -> None:
                 tf_var._handle_name = "v" + name
 
 
-def export_savedmodel(cap: Captioner, out: str | os.PathLike[str], config: DecodingConfig | None = None) -> Path:
-    """Write `cap` as a SavedModel at `out` decoding as `config` (default: the model folder's
-    decoding.json); returns `out`."""
+def serving_version_dir(base: str | os.PathLike[str]) -> Path:
+    """TF Serving's next version folder under a model's base path: ``<base>/<n + 1>`` after the
+    largest integer-named folder (``<base>/1`` for the first)."""
+    base = Path(base)
+    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
+    return base / str(max(versions, default=0) + 1)
+
+
+def export_savedmodel(cap: Captioner, out: str | os.PathLike[str], config: DecodingConfig | None = None,
+                      serving: str | None = None) -> Path:
+    """Write `cap` as a SavedModel decoding as `config` (default: the model folder's
+    decoding.json): at `out`, or with `serving` (a model name) in TF Serving's layout at
+    ``<out>/<serving>/<next version>/``. Returns the SavedModel's folder."""
     config = config or cap.decoding
     module = CaptionGraph(cap, config)
     _valid_variable_names([cap.backbone.model, *cap.models])
+    if serving is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", serving):
+            raise ValueError(f"--tf-serving: {serving!r} is not a model name (letters, digits, _ . -)")
+        out = serving_version_dir(Path(out) / serving)
     out = Path(out)
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.caption})
     write_decoding(out, config)

@@ -102,24 +102,26 @@ def test_json_lines_and_unreadable_images_reported_per_file(model_dir: Path, pho
                  "--json", "--beam", "2", "--max-length", "6"])
     out, err = capsys.readouterr()
     assert code == 1  # some inputs failed, the others were captioned
-    rows = [json.loads(line) for line in out.splitlines()]  # every line is JSON, errors included
-    captions = [r for r in rows if "caption" in r]
+    captions = [json.loads(line) for line in out.splitlines()]  # stdout: captions only, JSON lines
     assert [Path(r["image"]).name for r in captions] == ["a.png", "b.JPG", "c.webp"]
     for r in captions:
         assert set(r) == {"image", "caption", "score"} and isinstance(r["caption"], str)
         assert len(r["caption"].split()) <= 6 and r["score"] <= 0.0
-    errors = [r for r in rows if "error" in r]
+    errors = [json.loads(line) for line in err.splitlines()]  # stderr: the service's problem shape
     assert errors == [
-        {"image": str(photos / "nothing*.png"), "error": "no image matches this pattern"},
-        {"image": str(photos / "broken.jpg"), "error": "not a recognised image format"},
+        {"type": "urn:captioner:problem:no_match", "title": "No such file or pattern", "status": 404,
+         "detail": "no image matches this pattern", "image": str(photos / "nothing*.png")},
+        {"type": "urn:captioner:problem:undecodable", "title": "Image cannot be decoded", "status": 422,
+         "detail": "not a recognised image format", "image": str(photos / "broken.jpg")},
     ]
-    assert err == ""
 
 
 def test_json_fatal_error_is_a_json_line(photos: Path, tmp_path: Path, capsys) -> None:
     assert main(["caption", str(photos / "a.png"), "--model", str(tmp_path / "nowhere"), "--json"]) == 2
-    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert row["image"] is None and "no trained model at" in row["error"]
+    out, err = capsys.readouterr()
+    (row,) = [json.loads(line) for line in err.splitlines()]
+    assert out == "" and row["image"] is None and "no trained model at" in row["detail"]
+    assert row["type"] == "urn:captioner:problem:bad_model" and row["status"] == 500
 
 
 def test_version(capsys) -> None:
@@ -255,12 +257,12 @@ def test_an_attention_map_that_cannot_be_written_fails_the_run_not_the_others(
                  "--json", "--attention-map", str(blocker)])
     out, err = capsys.readouterr()
     assert code == 1
-    rows = [json.loads(line) for line in out.splitlines()]
-    captions = [r for r in rows if "caption" in r]
+    captions = [json.loads(line) for line in out.splitlines()]
     assert [Path(r["image"]).name for r in captions] == ["b.JPG", "c.webp"]
     assert all("attention_map" not in r for r in captions)
-    errors = [r["error"] for r in rows if "error" in r]
-    assert len(errors) == 2 and all(e.startswith("cannot write the attention map (") for e in errors)
+    errors = [json.loads(line) for line in err.splitlines()]
+    assert len(errors) == 2 and all(e["detail"].startswith("cannot write the attention map (") for e in errors)
+    assert {e["type"] for e in errors} == {"urn:captioner:problem:write_failed"}
 
 
 # ---------------------------------------------------------------- a trained tiny model, decoded like `evaluate`

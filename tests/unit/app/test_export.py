@@ -66,6 +66,68 @@ def test_export_in_a_fresh_process_gives_the_cli_captions(exported, capsys) -> N
     assert json.loads((out / "decoding.json").read_text()) == json.loads((model / "decoding.json").read_text())
 
 
+def test_the_graph_reads_images_as_the_cli_does(exported, tmp_path: Path, capsys) -> None:
+    """`read_image_graph` against `read_image` (what the CLI, the service and evaluate use) on a
+    camera-size JPEG in every EXIF orientation, an odd aspect, grey, 16-bit and transparent
+    images: the same orientation and pixels within half a level on average, 2 at most (before the EXIF and
+    antialiasing work, the export's pixels of a rotated 12 MP photo were a different image)."""
+    import io
+
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from benchmarks.photos import photo_mix
+    from captioner.app.export import exif_orientation, read_image_graph
+    from captioner.features.images import read_image
+
+    images = photo_mix(seed=1, camera=(2016, 1512))
+    camera = Image.open(io.BytesIO(images["camera_exif3"]))
+    for orientation in (2, 4, 5, 7, 8):  # 3 and 6 are in the mix already
+        exif = camera.getexif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        camera.save(buf, "JPEG", quality=88, exif=exif.tobytes())
+        images[f"camera_exif{orientation}"] = buf.getvalue()
+    for name, data in images.items():
+        path = tmp_path / f"{name}.img"
+        path.write_bytes(data)
+        want = read_image(path, 224).pixels.astype(np.float64)
+        got = read_image_graph(tf.constant(data), 224).numpy().astype(np.float64)
+        stored = int(name.removeprefix("camera_exif")) if name.startswith("camera_exif") else 1
+        assert int(exif_orientation(tf.constant(data))) == stored, name
+        assert np.abs(got - want).mean() <= 0.5 and np.abs(got - want).max() <= 2, name
+    # ... and the same captions: the exported SavedModel and `captioner caption` on these files
+    model, _, out = exported
+    files = sorted(tmp_path.glob("*.img"))
+    assert main(["caption", *map(str, files), "--model", str(model), "--json"]) == 0
+    cli = [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()]
+    loaded = tf.saved_model.load(str(out))  # kept: its variables must outlive the call
+    graph = loaded.caption(tf.constant([f.read_bytes() for f in files]))
+    assert [c.decode() for c in graph["caption"].numpy()] == cli
+
+
+def test_tf_serving_layout_loads_with_tensorflow_alone(exported, tmp_path: Path, capsys) -> None:
+    """`--tf-serving NAME` writes OUT/NAME/1/, then /2/; its serving_default signature captions
+    encoded images (what TF Serving calls)."""
+    model, photos, _ = exported
+    for version in (1, 2):
+        assert main(["export", "--model", str(model), str(tmp_path), "--tf-serving", "captioner"]) == 0
+        assert (tmp_path / "captioner" / str(version) / "saved_model.pb").is_file()
+    assert "--model_base_path=" in capsys.readouterr().out
+    images = sorted(photos)[:2]
+    script = ("import sys, tensorflow as tf\n"
+              "sig = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+              "out = sig(images=tf.constant([open(f, 'rb').read() for f in sys.argv[2:]]))\n"
+              "print(sorted(out), [c.decode() for c in out['caption'].numpy()])")
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(tmp_path / "captioner" / "2"), *map(str, images)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keys, captions = proc.stdout.strip().splitlines()[-1].split("] [")
+    assert keys == "['caption', 'score'" and captions.count("'") == 4
+    assert main(["export", "--model", str(model), str(tmp_path), "--tf-serving", "../up"]) == 2
+
+
 def test_export_of_a_missing_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["export", "--model", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
     assert "no trained model at" in capsys.readouterr().err
