@@ -280,7 +280,7 @@ def run_load(model: Path, data_images: list[tuple[str, bytes]], clients: int, se
         "max_ms": common.rnd(float(np.max(lat))),
         "status_5xx": sum(1 for r in results if r[1] >= 500), "transport_errors": sum(1 for r in results if r[1] == 0),
         "good_not_200": len(good) - len(ok),
-        "bad_4xx_fraction": round(sum(1 for r in bad_rows if 400 <= r[1] < 500) / max(len(bad_rows), 1), 4),
+        "bad_4xx_fraction": round(sum(1 for r in bad_rows if 400 <= r[1] < 500) / len(bad_rows), 4) if bad_rows else None,
         "by_status": by_status, "by_kind": by_kind, "memory": memory,
         "mean_batch": round(b["images"] / b["batches"], 2) if b.get("batches") else None,
     }
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         "summary": {
             "serve_rps": head["rps"], "serve_p50_ms": head["p50_ms"], "serve_p99_ms": head["p99_ms"],
             "serve_5xx": sum(r["status_5xx"] for r in runs.values()),
-            "serve_bad_4xx_fraction": min(r["bad_4xx_fraction"] for r in runs.values()),
+            "serve_bad_4xx_fraction": min(r["bad_4xx_fraction"] for r in runs.values() if r["bad_4xx_fraction"] is not None),
             "serve_unbatched_rps": runs["batch1"]["rps"] if "batch1" in runs else None, "serve_rss_peak_mb": head["memory"]["rss_peak_mb"],
             "serve_camera_p99_ms": head["by_class"].get("camera", {}).get("p99_ms"),
             "serve_soak_rss_growth_pct": runs["soak"]["soak"]["growth_pct"] if "soak" in runs else None,
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _print_run(name: str, r: dict) -> None:
     classes = ", ".join(f"{c} p50/p99 {v['p50_ms']}/{v['p99_ms']} ms (n {v['n']})" for c, v in r["by_class"].items())
     print(f"  {name}: {r['rps']} captions/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, 5xx {r['status_5xx']}, "
-          f"bad 4xx {r['bad_4xx_fraction']:.0%}, mean batch {r['mean_batch']}, RSS peak {r['memory']['rss_peak_mb']} MB; "
+          f"bad 4xx {'-' if r['bad_4xx_fraction'] is None else format(r['bad_4xx_fraction'], '.0%')}, mean batch {r['mean_batch']}, RSS peak {r['memory']['rss_peak_mb']} MB; "
           f"{classes}")
 
 
