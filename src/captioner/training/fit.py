@@ -382,8 +382,9 @@ def train_member(
         model = float32_copy(model, job.build)
     if folder is not None:
         arrays = {"final": [np.asarray(v.numpy()) for v in model.variables]}
-        if model.optimizer is not None and model.optimizer.built:
-            arrays["final_optimizer"] = [np.asarray(v.numpy()) for v in model.optimizer.variables]
+        optimizer = getattr(model, "optimizer", None)  # None: the float32 copy of a mixed-precision member
+        if optimizer is not None and optimizer.built:
+            arrays["final_optimizer"] = [np.asarray(v.numpy()) for v in optimizer.variables]
         folder.save(job.member, MemberState(result.epochs_run, arrays, {
             "result": {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                        "epochs_run": result.epochs_run, "history": result.history}}, done=True))

@@ -56,14 +56,15 @@ def _open(tmp_path, stamp=None):
     return CheckpointFolder.open(tmp_path / "ck", "train", stamp or {"params": {"epochs": 7}})
 
 
-@pytest.mark.parametrize("stop_at", [1, 4])
-def test_interrupted_fit_resumes_bit_for_bit(toy, tmp_path, stop_at):
+@pytest.mark.parametrize(("stop_at", "precision"), [(1, "float32"), (4, "float32"), (2, "mixed_bfloat16")])
+def test_interrupted_fit_resumes_bit_for_bit(toy, tmp_path, stop_at, precision):
+    """Also in mixed precision, where the member returned (and saved when done) is a float32 copy."""
     data = _data(toy)
-    plain_model, plain = train_member(_job(toy, None), data, verbose=0)
+    plain_model, plain = train_member(_job(toy, None, precision=precision), data, verbose=0)
 
     folder = _open(tmp_path)
     with pytest.raises(Interrupt):
-        train_member(_job(toy, folder.root), data, [StopAt(stop_at)], verbose=0)
+        train_member(_job(toy, folder.root, precision=precision), data, [StopAt(stop_at)], verbose=0)
     state = folder.load(1)
     assert state is not None and state.epoch == stop_at and not state.done
     seen = []
@@ -72,12 +73,15 @@ def test_interrupted_fit_resumes_bit_for_bit(toy, tmp_path, stop_at):
         def on_epoch_end(self, epoch, logs=None):
             seen.append(epoch)
 
-    model, result = train_member(_job(toy, folder.root), data, [Seen()], verbose=0)
+    model, result = train_member(_job(toy, folder.root, precision=precision), data, [Seen()], verbose=0)
     assert result.history == plain.history and result.best_epoch == plain.best_epoch
     assert seen == list(range(plain.epochs_run))  # the replayed epochs, then the trained ones
     for a, b in zip(model.get_weights(), plain_model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert folder.load(1).done
+    again, _ = train_member(_job(toy, folder.root, precision=precision), data, verbose=0)  # rebuilt when done
+    for a, b in zip(again.get_weights(), plain_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_finished_member_is_rebuilt_not_retrained(toy, tmp_path):
