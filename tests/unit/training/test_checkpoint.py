@@ -140,3 +140,26 @@ def test_epoch_shuffle_survives_peeks_and_resumes():
     again.resume(2, shuffle.state_after(1))
     ds2 = make_dataset(ids, np.arange(40), feats, 8, 2, again)
     assert [b[0][0].numpy().argmax(1).tolist() for b in ds2] == epochs[2]
+
+
+def test_a_member_killed_after_early_stopping_resumes_to_its_best_epoch(toy, tmp_path):
+    """Killed between early stopping's last epoch and the member's final save: the rerun trains
+    no epoch and ends with the uninterrupted member's best weights."""
+
+    class DieAtEnd(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            raise Interrupt("after the last epoch's checkpoint")
+
+    data = _data(toy)
+    job = dict(epochs=30, patience=1, lr_factor=1.0, learning_rate=3e-2)
+    plain_model, plain = train_member(_job(toy, None, **job), data, verbose=0)
+    assert plain.epochs_run < 30  # early stopping did stop it
+    folder = _open(tmp_path)
+    with pytest.raises(Interrupt):
+        train_member(_job(toy, folder.root, **job), data, [DieAtEnd()], verbose=0)
+    state = folder.load(1)
+    assert state.meta["stop_training"] and not state.done and state.epoch == plain.epochs_run
+    model, result = train_member(_job(toy, folder.root, **job), data, verbose=0)
+    assert result == plain
+    for a, b in zip(model.get_weights(), plain_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
