@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import sys
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,7 +168,7 @@ class CheckpointFolder:
                     if key != "meta":
                         group, index = key.rsplit("/", 1)
                         groups.setdefault(group, []).append((int(index), z[key]))
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: unreadable checkpoint ({e}); delete it to start this member afresh") from e
         arrays = {g: [a for _, a in sorted(items, key=lambda t: t[0])] for g, items in groups.items()}
         return MemberState(int(meta.pop("epoch")), arrays, meta, bool(meta.pop("done")))
@@ -181,19 +182,17 @@ class CheckpointFolder:
                 np.savez(f, meta=np.array(meta), **payload)
 
     def describe(self, epochs: int, members: int) -> str | None:
-        """What a resumed run does (``member 2 of 4 resumes at epoch 9 of 20; members 1 done``),
-        None when there is nothing to resume."""
+        """What a resumed run does (``member 2 of 4 resumes at epoch 9 of 20; member 1 of 4 already
+        finished``), None when there is nothing to resume."""
         done, running = [], None
         for m in range(members):
-            path = self.path(m)
-            if not path.exists():
+            state = self.load(m)
+            if state is None:
                 continue
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-            if meta["done"]:
+            if state.done:
                 done.append(m + 1)
             elif running is None:
-                running = (m + 1, meta["epoch"])
+                running = (m + 1, state.epoch)
         if not done and running is None:
             return None
         parts = []
