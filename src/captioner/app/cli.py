@@ -7,8 +7,8 @@
 
 The model folder is --model, else $CAPTIONER_MODEL, else data/release if it exists, else
 data/model. Captions are decoded with the folder's decoding.json (the settings its evaluation
-used; evaluate defaults without one); --beam, --length-penalty, --no-repeat-ngram and
---max-length override single settings.
+used; evaluate defaults without one); --beam, --length-penalty, --no-repeat-ngram,
+--max-length, --rerank and --consensus-weights override single settings.
 
 Folders are searched recursively for images, skipping hidden files and folders (``.name``)
 and the ``--attention-map`` folder; a file named explicitly is always tried.
@@ -129,10 +129,11 @@ class _Reporter:
             print(f"captioner: {f'{image}: ' if image is not None else ''}{message}", file=sys.stderr)
 
 
-def decoding_overrides(args: argparse.Namespace) -> dict[str, int | float | None]:
+def decoding_overrides(args: argparse.Namespace) -> dict[str, int | float | str | None]:
     """The decoding flags given on the command line (None: not given, use decoding.json)."""
     return {"beam_width": args.beam, "length_penalty": args.length_penalty,
-            "block_repeat_ngram": args.no_repeat_ngram, "max_length": args.max_length}
+            "block_repeat_ngram": args.no_repeat_ngram, "max_length": args.max_length, "rerank": args.rerank,
+            "consensus_weights": args.consensus_weights}
 
 
 def _caption(args: argparse.Namespace) -> int:
@@ -152,6 +153,7 @@ def _caption(args: argparse.Namespace) -> int:
         from captioner.decoding.captioner import load_captioner  # TensorFlow loads once the files are there
 
         cap = load_captioner(model)
+        cap.check(config)
     except (ModelError, ValueError) as e:
         report(str(e), kind="bad_model")
         return 2
@@ -274,6 +276,11 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",
                    help="never repeat an n-gram of N words; 0 = off")
     g.add_argument("--max-length", type=positive_int, help="words at most")
+    g.add_argument("--rerank", choices=["beam", "consensus"],
+                   help="keep the most likely of the beam's candidates (beam) or the one they agree with most "
+                        "(consensus: expected CIDEr-D, needs --beam > 1; not in export)")
+    g.add_argument("--consensus-weights", choices=["uniform", "probability"],
+                   help="consensus: weigh the other candidates equally or by their probability")
 
 
 def build_parser() -> argparse.ArgumentParser:

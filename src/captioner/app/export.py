@@ -265,8 +265,12 @@ def export_savedmodel(cap: Captioner, out: str | os.PathLike[str], config: Decod
                       serving: str | None = None) -> Path:
     """Write `cap` as a SavedModel decoding as `config` (default: the model folder's
     decoding.json): at `out`, or with `serving` (a model name) in TF Serving's layout at
-    ``<out>/<serving>/<next version>/``. Returns the SavedModel's folder."""
+    ``<out>/<serving>/<next version>/``. Returns the SavedModel's folder. Consensus reranking
+    (`config.rerank`) is refused with a ValueError: the graph keeps the most likely beam."""
     config = config or cap.decoding
+    if config.rerank != "beam":
+        raise ValueError(f"the SavedModel decodes by beam search inside its graph and cannot rerank by "
+                         f"{config.rerank}; export with --rerank beam (the decoding settings ask for rerank {config.rerank!r})")
     module = CaptionGraph(cap, config)
     _valid_variable_names([cap.backbone.model, *cap.models])
     if serving is not None:

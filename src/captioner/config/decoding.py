@@ -2,16 +2,16 @@
 section) to the run info, the model folder's `decoding.json`, the CLI, the service and the export.
 
 Every field is documented here with its default; the defaults are the pipeline's (greedy, no
-length penalty, no n-gram blocking, 40 words at most). Values are checked strictly: a width of
+length penalty, no n-gram blocking, 40 words at most, the most likely candidate kept). Values are checked strictly: a width of
 ``2.0`` or ``true`` is refused, not rounded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = ["DecodingConfig", "DecodingError"]
 
@@ -32,6 +32,20 @@ class DecodingConfig(BaseModel):
         "log-probability / ((5 + length) / 6) ** alpha; 0 = raw log-probability")
     block_repeat_ngram: int = Field(0, ge=0, description="forbid repeating any n-gram of this size; 0 = off")
     max_length: int = Field(40, ge=1, description="words generated at most")
+    rerank: Literal["beam", "consensus"] = Field(
+        "beam", description="how the caption is chosen among the beam's final candidates: beam = the "
+        "highest (length-penalised) log-probability; consensus = the highest expected CIDEr-D against the "
+        "other candidates (minimum Bayes risk; needs beam_width > 1 and the model folder's n-gram "
+        "document frequencies; the SavedModel export refuses it)")
+    consensus_weights: Literal["uniform", "probability"] = Field(
+        "uniform", description="consensus: each other candidate counts equally (uniform) or by its "
+        "probability under the model (probability)")
+
+    @model_validator(mode="after")
+    def _consensus_needs_candidates(self) -> DecodingConfig:
+        if self.rerank == "consensus" and self.beam_width < 2:
+            raise ValueError("rerank 'consensus' chooses among the beam's candidates: it needs beam_width >= 2")
+        return self
 
     @classmethod
     def of(cls, settings: Any) -> DecodingConfig:

@@ -144,6 +144,11 @@ class ScstParams(_Section):
     learning_rate: float = Field(5e-5, gt=0)  # Adam, a fresh optimiser per member
     batch_size: int = Field(32, gt=0)  # images per step (x samples captions)
     max_length: int = Field(20, ge=1)  # words sampled at most
+    # After each epoch (of every member) the ensemble's dev captions, decoded as `select` says, are
+    # scored by CIDEr-D; the best epoch is kept and SCST stops after `patience` epochs without a
+    # better one (or at `epochs`). Not evaluate's decoding: re-tuning that must not rerun SCST.
+    patience: int = Field(1, ge=1)
+    select: DecodingConfig = DecodingConfig(beam_width=5, block_repeat_ngram=2)
 
 
 class EvaluateParams(DecodingConfig):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "END", "END_ID", "PAD", "START", "UNK", "Vocabulary", "build_vocabulary", "clean_caption",
-    "clean_table", "load_vocabulary", "save_vocabulary", "unwrap", "wrap",
+    "clean_table", "load_vocabulary", "read_references", "save_vocabulary", "unwrap", "wrap",
 ]
 
 START, END, PAD, UNK = "startseq", "endseq", "<pad>", "<unk>"
@@ -54,6 +54,19 @@ def unwrap(tokens: Sequence[str]) -> list[str]:
         if t not in (START, PAD):
             out.append(t)
     return out
+
+
+def read_references(text_dir: str | Path, split: str) -> dict[str, list[list[str]]]:
+    """Each image's cleaned reference captions (token lists, markers removed), in caption order,
+    from the clean_text table `<text_dir>/<split>.parquet`; images sorted by id."""
+    import pandas as pd
+
+    table = pd.read_parquet(Path(text_dir) / f"{split}.parquet", columns=["image_id", "caption_no", "caption"])
+    table = table.sort_values(["image_id", "caption_no"])
+    refs: dict[str, list[list[str]]] = {}
+    for img, caption in zip(table["image_id"].astype(str), table["caption"]):
+        refs.setdefault(img, []).append(unwrap(str(caption).split()))
+    return refs
 
 
 @dataclass(frozen=True)

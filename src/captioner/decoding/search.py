@@ -1,5 +1,5 @@
 """Caption search over a model's next-word distribution: batched beam search (width 1 =
-greedy) with a GNMT length penalty and n-gram blocking, over captioner.model.step's public
+greedy) with a GNMT length penalty, n-gram blocking and optional consensus reranking, over captioner.model.step's public
 `StepDecoder.start`/`step`; `generate_captions` runs it over many images with one
 `DecodingConfig` (captioner.config.decoding), `decode_folder` straight from a model folder."""
 
@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from captioner.config.decoding import DecodingConfig
+from captioner.config.decoding import DecodingConfig, DecodingError
 from captioner.datasets.text import END, PAD, START, UNK, Vocabulary
-from captioner.model.folder import ModelFolder
+from captioner.decoding.cider import CiderD
+from captioner.decoding.consensus import Consensus
+from captioner.model.folder import NGRAMS_FILE, ModelError, ModelFolder
 from captioner.model.step import StepDecoder
 
-__all__ = ["Caption", "beam_search", "caption_texts", "decode_folder", "generate_captions", "repeated_ngram_bans"]
+__all__ = ["Caption", "beam_search", "caption_texts", "decode_folder", "generate_captions", "load_ngrams",
+           "repeated_ngram_bans"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ def beam_search(
     length_penalty: float = 0.0,
     block_repeat_ngram: int = 0,
     attention: bool = False,
+    consensus: Consensus | None = None,
 ) -> list[Caption]:
     """Decode one batch of images; width 1 is greedy. Stops at endseq or `max_length` words.
 
@@ -74,7 +78,8 @@ def beam_search(
     there: the word it would have gone on with is neither returned nor scored. With
     `block_repeat_ngram` = n > 0, no caption repeats an n-gram ("a man in a red shirt and a
     man in a red shirt ..."). With `attention` (and an attention model), each caption keeps
-    the attention weights of its words.
+    the attention weights of its words. With `consensus`, the final beam is the one it chooses
+    among the `beam_width` candidates (captioner.decoding.consensus) instead of the most likely.
     """
     n, k = len(features), beam_width
     idx = vocab.index
@@ -135,6 +140,9 @@ def beam_search(
     # Unfinished beams at the length limit count as finished there.
     final = scores / _length_norm(lengths.astype(np.float32), length_penalty)
     best = final.argmax(axis=1)
+    if consensus is not None and k > 1:
+        words_of = [[[vocab.tokens[t] for t in row if t not in (0, end)] for row in seqs[i].tolist()] for i in range(n)]
+        best = consensus.choose(words_of, final)
     out = []
     for i in range(n):
         ids = seqs[i, best[i]].tolist()
@@ -152,17 +160,25 @@ def generate_captions(
     batch_size: int = 256,
     progress: bool = True,
     attention: bool = False,
+    ngrams: CiderD | None = None,
 ) -> list[Caption]:
     """Beam search as `config` says over all images, in batches of `batch_size`, with a
-    progress bar."""
+    progress bar. Consensus reranking (`config.rerank`) scores with `ngrams`, the train
+    captions' document frequencies (:func:`load_ngrams`)."""
     from tqdm.auto import tqdm
 
+    consensus = None
+    if config.rerank == "consensus":
+        if ngrams is None:
+            raise DecodingError("rerank: consensus needs the train captions' n-gram document frequencies "
+                                f"({NGRAMS_FILE} in the model folder), and none were given")
+        consensus = Consensus(ngrams, config.consensus_weights)
     out: list[Caption] = []
     with tqdm(total=len(features), desc="captioning", unit="img", disable=not progress) as bar:
         for i in range(0, len(features), batch_size):
             chunk = features[i : i + batch_size]
             out.extend(beam_search(decoder, chunk, vocab, config.beam_width, config.max_length,
-                                   config.length_penalty, config.block_repeat_ngram, attention))
+                                   config.length_penalty, config.block_repeat_ngram, attention, consensus))
             bar.update(len(chunk))
     return out
 
@@ -172,11 +188,26 @@ def caption_texts(captions: Sequence[Caption]) -> list[str]:
     return [" ".join(c.words) for c in captions]
 
 
+def load_ngrams(folder: ModelFolder) -> CiderD:
+    """The folder's n-gram document frequencies (consensus reranking scores with them);
+    ModelError naming the file when it is missing or unreadable."""
+    path = folder.path / NGRAMS_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: missing; consensus reranking needs the train captions' n-gram document "
+                         "frequencies, which the scst stage writes (retrain, or decode with rerank: beam)")
+    try:
+        return CiderD.load(path)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+
+
 def decode_folder(model_dir: str | Path, features: np.ndarray, config: DecodingConfig, batch_size: int,
                   progress: bool = False) -> list[Caption]:
     """Load a model folder's members (no backbone) and caption feature rows with `config`."""
     folder = ModelFolder.open(model_dir)
     vocab = folder.vocabulary()
+    ngrams = load_ngrams(folder) if config.rerank == "consensus" else None
     models = folder.load_models(features.shape[1], len(vocab))
-    return generate_captions(StepDecoder(models), features, vocab, config, batch_size, progress=progress)
+    return generate_captions(StepDecoder(models), features, vocab, config, batch_size, progress=progress,
+                             ngrams=ngrams)
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from captioner.evaluation.bleu import corpus_bleu_scores
 
 __all__ = [
-    "COCO_KEYS", "COCO_NAMES", "K", "T", "CocoResult", "CocoScorer", "coco_scores", "diversity",
+    "COCO_KEYS", "COCO_NAMES", "FUNCTION_WORDS", "K", "T", "CocoResult", "CocoScorer", "coco_scores", "diversity",
     "human_ceiling", "java_bin_dir", "java_command", "java_on_path", "leave_one_out", "ptb_tokenize",
     "rounded",
 ]
@@ -218,6 +218,17 @@ def coco_scores(
 
 
 # --------------------------------------------------------------------------------- diversity
+# English function words (articles, prepositions, conjunctions, pronouns, auxiliaries): a caption
+# ending in one ("a dog runs in the") was cut short, a failure mode of short, reward-tuned captions.
+FUNCTION_WORDS = frozenset("""
+a an the and or but nor so yet of in on at to for from with by about into onto over under
+through across along around behind beside between near off out up down while as than that
+which who whose whom this these those there here it its he she they them their his her him
+we us our you your i me my is are was were be been being am has have had do does did can
+could will would shall should may might must not no
+""".split())
+
+
 def diversity(
     captions: Sequence[Sequence[str]],
     train_captions: set[str],
@@ -227,7 +238,8 @@ def diversity(
 
     distinct: share of distinct captions; vocab: words used at all; novel: share of captions
     not found verbatim among the train captions (space-joined); mean_length: words per
-    caption; ref_mean_length: words per reference caption of the same images.
+    caption; ref_mean_length: words per reference caption of the same images; function_end:
+    share of captions whose last word is a function word (FUNCTION_WORDS), an empty one counted.
     """
     if not captions:
         raise ValueError("no captions")
@@ -239,6 +251,7 @@ def diversity(
         "novel": sum(j not in train_captions for j in joined) / len(joined),
         "mean_length": sum(len(c) for c in captions) / len(captions),
         "ref_mean_length": sum(ref_lengths) / len(ref_lengths) if ref_lengths else 0.0,
+        "function_end": sum(not c or c[-1] in FUNCTION_WORDS for c in captions) / len(captions),
     }
 
 

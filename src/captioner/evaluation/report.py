@@ -104,6 +104,7 @@ def evaluate_captions(text: SplitText, image_ids: Sequence[str], captions: Seque
             + f"  | coco BLEU4 {c['bleu4']:.3f}  METEOR {c['meteor']:.3f}  ROUGE-L {c['rouge_l']:.3f}  CIDEr-D {c['cider']:.3f}"
             + f"  | human, {human['references_per_round']} refs: " + coco_summary(human["bleu4"], human["coco"])
             + f"  | distinct {div['distinct']:.2f}  novel {div['novel']:.2f}  vocab {div['vocab']}"
-            + f"  length {div['mean_length']:.1f} (refs {div['ref_mean_length']:.1f})"
+            + f"  length {div['mean_length']:.1f} (refs {div['ref_mean_length']:.1f})  function-word end "
+            + f"{div['function_end']:.2f}"
             + f"  | blind baseline BLEU4 {blind_bleu['bleu4']:.3f}  | coco {coco_seconds:.1f} s{java}")
     return Evaluation(metrics, run_info, table, summary, bleu, dict(model_coco.corpus), line)

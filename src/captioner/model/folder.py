@@ -3,14 +3,15 @@ CLI, the service, the export, the benchmarks). This module alone names its files
 fields of its `meta.json`; everything else saves and loads through it.
 
 A folder holds the ensemble members (``model.keras``, ``model_1.keras``, ...), ``vocab.json``
-and ``meta.json``; a release (`data/release/`, the `package` stage) adds ``decoding.json`` (the
+and ``meta.json``; the `scst` stage's (`data/model`) also ``ngrams.npz``, the train captions'
+n-gram document frequencies that consensus reranking scores with; a release (`data/release/`, the `package` stage) adds ``decoding.json`` (the
 settings the evaluation decoded with, captioner.config.decoding) and ``README.md`` (the model
 card). Consumers decode with the folder's decoding.json, else with the pipeline's defaults.
 
 meta.json, as `train` writes it: ``backbone``, ``weights``, ``feature_dim``, ``vocab_size``,
 ``members`` (file names), ``kind`` (merge | attention), ``member_kinds``, ``spatial``
 (pooled | grid), ``best_epoch`` and ``best_val_loss`` (member 0's); `scst` adds ``scst``
-(epochs, best epoch of each member); a release adds ``dataset``.
+(epochs cap, epochs run, the best epoch); a release adds ``dataset``.
 
 Importing this module is cheap: Keras loads only when models are saved or loaded.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,12 +33,13 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
-    "CARD_FILE", "DECODING_FILE", "META_FILE", "MODEL_ENV", "RELEASE_DIR", "TRAINED_DIR", "VOCAB_FILE",
+    "CARD_FILE", "DECODING_FILE", "META_FILE", "MODEL_ENV", "NGRAMS_FILE", "RELEASE_DIR", "TRAINED_DIR", "VOCAB_FILE",
     "ModelError", "ModelFolder", "check_model_files", "copy_model_folder", "default_model_dir", "member_name",
     "model_meta", "read_decoding", "save_model_folder", "write_decoding", "write_release",
 ]
 
 META_FILE, VOCAB_FILE, DECODING_FILE, CARD_FILE = "meta.json", "vocab.json", "decoding.json", "README.md"
+NGRAMS_FILE = "ngrams.npz"  # the train captions' n-gram document frequencies (consensus reranking)
 MODEL_ENV = "CAPTIONER_MODEL"
 RELEASE_DIR, TRAINED_DIR = "data/release", "data/model"
 
@@ -207,32 +209,37 @@ def save_model_folder(out: str | os.PathLike[str], models: Sequence[keras.Model]
 
 
 def copy_model_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
-                      models: Sequence[keras.Model] | None = None, meta: Mapping[str, Any] | None = None) -> None:
+                      models: Sequence[keras.Model] | None = None, meta: Mapping[str, Any] | None = None,
+                      add: Callable[[Path], None] | None = None) -> None:
     """Copy a model folder atomically; with `models`, their weights replace the members' files
-    (same names), and `meta` (default: the source's) is written as meta.json."""
+    (same names), and `meta` (default: the source's) is written as meta.json; `add(folder)`
+    writes more files into the copy before it appears (e.g. NGRAMS_FILE)."""
     src = Path(src)
     with atomic_path(out) as tmp:
         if models is None and meta is None:
             shutil.copytree(src, tmp)
-            return
-        source = ModelFolder.open(src)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*source.members))
-        if models is not None:
-            for name, model in zip(source.members, models, strict=True):
-                model.save(tmp / name)
-        write_json(tmp / META_FILE, dict(meta if meta is not None else source.meta))
+        else:
+            source = ModelFolder.open(src)
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*source.members))
+            if models is not None:
+                for name, model in zip(source.members, models, strict=True):
+                    model.save(tmp / name)
+            write_json(tmp / META_FILE, dict(meta if meta is not None else source.meta))
+        if add is not None:
+            add(tmp)
 
 
 def write_release(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], decoding: DecodingConfig,
                   card: str, dataset: str) -> list[str]:
-    """The release folder, atomically: the model's members and vocab.json (copied: DVC stores
-    identical files once), meta.json with the data set, decoding.json and the model card.
+    """The release folder, atomically: the model's members, vocab.json and its n-gram document
+    frequencies when it has them (copied: DVC stores identical files once), meta.json with the data set, decoding.json and the model card.
     Returns the names of the files in it."""
     source = ModelFolder.open(model_dir)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        for name in [*source.members, VOCAB_FILE]:
-            shutil.copy2(source.path / name, tmp / name)
+        for name in [*source.members, VOCAB_FILE, NGRAMS_FILE]:
+            if name != NGRAMS_FILE or (source.path / name).is_file():  # n-grams: made by the scst stage
+                shutil.copy2(source.path / name, tmp / name)
         write_json(tmp / META_FILE, {**source.meta, "dataset": dataset})
         write_decoding(tmp, decoding)
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")

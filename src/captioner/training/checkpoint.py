@@ -181,9 +181,18 @@ class CheckpointFolder:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.array(meta), **payload)
 
-    def describe(self, epochs: int, members: int) -> str | None:
+    def describe(self, epochs: int, members: int, together: bool = False) -> str | None:
         """What a resumed run does (``member 2 of 4 resumes at epoch 9 of 20; member 1 of 4 already
-        finished``), None when there is nothing to resume."""
+        finished``), None when there is nothing to resume. `together`: the members run each epoch
+        side by side (SCST), so the run resumes at the epoch after the one all members finished
+        (``epoch 3 of 5 resumes``; ``all members finished``)."""
+        if together:
+            states = [self.load(m) for m in range(members)]
+            if any(s is None for s in states):
+                return None
+            if all(s.done for s in states):
+                return "all members finished"
+            return f"resumes at epoch {min(s.epoch for s in states) + 1} of {epochs}"
         done, running = [], None
         for m in range(members):
             state = self.load(m)
@@ -208,12 +217,12 @@ class CheckpointFolder:
 
 
 @contextlib.contextmanager
-def resume_hint(folder: CheckpointFolder, epochs: int, members: int) -> Iterator[None]:
+def resume_hint(folder: CheckpointFolder, epochs: int, members: int, together: bool = False) -> Iterator[None]:
     """On Ctrl-C or SIGTERM (SystemExit, captioner.runtime.stage), one line on stderr saying
-    what the next `dvc repro` resumes; the interruption then goes on."""
+    what the next `dvc repro` resumes (:meth:`CheckpointFolder.describe`); the interruption then goes on."""
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
-        where = folder.describe(epochs, members) or "no epoch had finished, it starts afresh"
+        where = folder.describe(epochs, members, together) or "no epoch had finished, it starts afresh"
         print(f"{folder.stage}: stopped; the next `dvc repro` resumes from {folder.root}: {where}", file=sys.stderr)
         raise

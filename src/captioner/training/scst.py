@@ -2,7 +2,7 @@
 
 For a batch of images: sample K captions per image from the model (temperature 1, one
 compiled step loop), reward each by its CIDEr-D against that image's references
-(:mod:`captioner.training.rewards`, document frequencies fixed from the train references), subtract a
+(:mod:`captioner.decoding.cider`, document frequencies fixed from the train references), subtract a
 baseline, and take one optimiser step on
 
     loss = - mean over captions of (reward - baseline) x sum_t log p(w_t | w_<t, image)
@@ -13,7 +13,9 @@ K - 1 samples of the same image (Luo 2020, "A better variant of self-critical se
 training"); ``"greedy"``, the reward of the model's greedy caption (Rennie et al. 2017).
 
 Works for merge and attention models (sampled by :class:`captioner.decoding.sample.Sampler`);
-an ensemble is trained member by member, one :class:`ScstTrainer` each. Models must be
+an ensemble is trained epoch by epoch, one :class:`ScstTrainer` per member, and the epoch is
+chosen by the whole ensemble's dev CIDEr-D under the decoding it will be evaluated with
+(:func:`finetune`), not by each member's greedy captions. Models must be
 float32 (the saved copies, not a mixed-precision training model). Padding, startseq and
 <unk> are never sampled; both the sampler and the loss renormalise over the other words, so
 the loss's log-probabilities are exactly those the captions were drawn with.
@@ -24,7 +26,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,13 +33,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from captioner.config.decoding import DecodingConfig
 from captioner.datasets.text import END, Vocabulary
 from captioner.decoding.sample import Sampler
 from captioner.training.checkpoint import CheckpointFolder, MemberState
-from captioner.training.rewards import CiderD
+from captioner.decoding.cider import CiderD
 
 __all__ = [
-    "CaptionReward", "EpochResult", "ScstConfig", "ScstTrainer", "StepResult", "caption_length", "finetune",
+    "CaptionReward", "EpochResult", "ScstConfig", "ScstTrainer", "StepResult", "caption_length", "ensemble_dev_cider",
+    "finetune",
     "leave_one_out_mean", "references_by_row", "sequence_logprob", "split_references", "teacher_forcing",
 ]
 
@@ -269,6 +272,18 @@ def references_by_row(
     return list(refs.values()), np.array([where[i] for i in refs], np.int64)
 
 
+def ensemble_dev_cider(models: Sequence[keras.Model], features: np.ndarray, rows: np.ndarray, reward: CaptionReward,
+                       vocab: Vocabulary, decoding: DecodingConfig, batch_size: int = 256) -> float:
+    """Mean CIDEr-D of the ensemble's captions of the reward's images (image i: feature row
+    `rows[i]`), decoded as `decoding` says: what the pipeline's evaluation will see."""
+    from captioner.decoding.search import generate_captions
+    from captioner.model.step import StepDecoder
+
+    caps = generate_captions(StepDecoder(list(models)), np.asarray(features[rows], np.float32), vocab, decoding,
+                             batch_size, progress=False)
+    return float(reward.scorer.score([c.words for c in caps], np.arange(len(caps)), reward.refs).mean())
+
+
 def finetune(
     models: Sequence[keras.Model],
     features: np.ndarray,
@@ -277,75 +292,118 @@ def finetune(
     vocab: Vocabulary,
     config: ScstConfig,
     epochs: int,
+    select: DecodingConfig = DecodingConfig(),
+    patience: int = 1,
     progress: bool = True,
     log=print,
     checkpoints: CheckpointFolder | None = None,
-) -> list[dict]:
-    """SCST for `epochs` epochs on every model (an ensemble member by member, seed + member),
-    each in place; keeps each member's epoch with the best dev CIDEr-D of its greedy captions
-    (epoch 0: the cross-entropy model). `train` / `dev`: (references of each image, its row in
-    `features`). Rewards use the train references' document frequencies; the dev CIDEr-D the
-    dev references' (as pycocoevalcap). Returns each member's history.
+) -> dict:
+    """SCST of an ensemble (or one model), all members in place, epoch by epoch: in epoch e each
+    member (seed + member) makes one pass over the train images; then the ensemble's dev
+    captions, decoded as `select` says, are scored by CIDEr-D (:func:`ensemble_dev_cider`).
+    The members end with the weights of the best such epoch (0: the cross-entropy models), and
+    training stops after `patience` epochs without a better one, or after `epochs`. `train` /
+    `dev`: (references of each image, its row in `features`). Rewards use the train references'
+    document frequencies; dev CIDEr-D the dev references' (as pycocoevalcap).
 
-    With `checkpoints`, each member's state is saved after every epoch and once it is finished;
-    a saved state is resumed from (bit for bit), a finished member only gets its weights back."""
+    Returns ``{"members": [history of each member: greedy dev CIDEr-D and train reward by
+    epoch], "ensemble": [dev CIDEr-D by epoch], "best_epoch", "epochs_run"}``.
+
+    With `checkpoints`, every member's state is saved after each epoch's selection and once
+    all are finished; a run killed in an epoch resumes at its start, bit for bit (a member
+    already saved at that epoch is not trained again)."""
     from dataclasses import replace
 
     train_reward = CaptionReward(CiderD(train[0]), train[0], vocab)
     dev_reward = CaptionReward(CiderD(dev[0]), dev[0], vocab)
-    out = []
-    for m, model in enumerate(models):
-        state = checkpoints.load(m) if checkpoints is not None else None
-        if state is not None and state.done:
-            for v, x in zip(model.variables, state.arrays["final"], strict=True):
+    trainers = [ScstTrainer(model, vocab, train_reward, replace(config, seed=config.seed + m))
+                for m, model in enumerate(models)]
+    states = [checkpoints.load(m) if checkpoints is not None else None for m in range(len(models))]
+    if any(s is not None for s in states) and not all(s is not None for s in states):
+        raise ValueError(f"scst checkpoints in {checkpoints.root}: some members have none; remove the folder")
+
+    def score() -> float:
+        return ensemble_dev_cider(models, features, dev[1], dev_reward, vocab, select)
+
+    finished = [s for s in states if s is not None and s.done]
+    if finished:  # killed while the final weights were saved: the others' best weights are the same
+        for model, s in zip(models, states):
+            if not s.done:
+                model.set_weights(list(s.arrays["best"]))
+                continue
+            for v, x in zip(model.variables, s.arrays["final"], strict=True):
                 v.assign(x)
-            out.append(state.meta["member"])
-            log(f"scst: member {m}: finished before (best epoch {state.meta['member']['best_epoch']})")
-            continue
-        trainer = ScstTrainer(model, vocab, train_reward, replace(config, seed=config.seed + m))
-        if state is not None:
-            trainer.restore(state.arrays, state.meta["trainer"])
-            best, best_epoch, history = state.meta["best"], state.meta["best_epoch"], state.meta["history"]
-            weights = list(state.arrays["best"])
-            log(f"scst: member {m} resumes at epoch {state.epoch + 1} of {epochs}")
-        else:
-            best = trainer.mean_reward(features, dev[1], reward=dev_reward)
-            weights, best_epoch = model.get_weights(), 0
-            history = [{"epoch": 0, "dev_cider": round(best, 5)}]
-            log(f"scst: member {m}: dev CIDEr-D {best:.4f} after cross-entropy")
-        for epoch in range(state.epoch + 1 if state is not None else 1, epochs + 1):
+        log(f"scst: finished before (best epoch {finished[0].meta['result']['best_epoch']})")
+        return finished[0].meta["result"]
+    if states[0] is not None:
+        oldest = min(states, key=lambda s: s.epoch)  # its selection state is that of the last full epoch
+        shared = oldest.meta["ensemble"]
+        histories = [s.meta["history"] for s in states]
+        done_epochs = [s.epoch for s in states]
+        for trainer, s in zip(trainers, states):
+            trainer.restore(s.arrays, s.meta["trainer"])
+        best_weights = [list(s.arrays["best"]) for s in states]
+        log(f"scst: resumes at epoch {oldest.epoch + 1} of {epochs}")
+    else:
+        histories = []
+        for m, trainer in enumerate(trainers):
+            cider = trainer.mean_reward(features, dev[1], reward=dev_reward)
+            histories.append({"member": m, "epochs": [{"epoch": 0, "dev_cider": round(cider, 5)}]})
+        first = score()
+        shared = {"history": [{"epoch": 0, "dev_cider": round(first, 5)}], "best": first, "best_epoch": 0, "stale": 0}
+        best_weights = [model.get_weights() for model in models]
+        done_epochs = [0] * len(models)
+        log(f"scst: ensemble dev CIDEr-D {first:.4f} after cross-entropy (beam {select.beam_width}); member greedy "
+            + ", ".join(f"{h['epochs'][0]['dev_cider']:.4f}" for h in histories))
+    epoch = len(shared["history"]) - 1
+    while epoch < epochs and shared["stale"] < patience:
+        epoch += 1
+        for m, trainer in enumerate(trainers):
+            if done_epochs[m] >= epoch:
+                continue  # saved at this epoch before the run was killed
             r = trainer.epoch(features, train[1], progress)
-            dev_cider = trainer.mean_reward(features, dev[1], reward=dev_reward)
-            history.append({"epoch": epoch, "reward": round(r.reward, 5), "baseline": round(r.baseline, 5),
-                            "length": round(r.length, 3), "seconds": round(r.seconds, 1),
-                            "dev_cider": round(dev_cider, 5)})
+            cider = trainer.mean_reward(features, dev[1], reward=dev_reward)
+            histories[m]["epochs"].append({"epoch": epoch, "reward": round(r.reward, 5), "baseline": round(r.baseline, 5),
+                                           "length": round(r.length, 3), "seconds": round(r.seconds, 1),
+                                           "dev_cider": round(cider, 5)})
             log(f"scst: member {m} epoch {epoch}/{epochs}: train reward {r.reward:.4f}, sampled length "
-                f"{r.length:.1f}, dev CIDEr-D {dev_cider:.4f} ({r.seconds:.0f} s)")
-            if dev_cider > best:
-                best, weights, best_epoch = dev_cider, model.get_weights(), epoch
-            if checkpoints is not None:
-                arrays, trainer_state = trainer.state()
-                checkpoints.save(m, MemberState(epoch, {**arrays, "best": [np.asarray(w) for w in weights]}, {
-                    "trainer": trainer_state, "best": best, "best_epoch": best_epoch, "history": history}))
-        model.set_weights(weights)
-        out.append({"member": m, "best_epoch": best_epoch, "best_dev_cider": round(best, 5), "epochs": history})
+                f"{r.length:.1f}, greedy dev CIDEr-D {cider:.4f} ({r.seconds:.0f} s)")
+        ens = score()
+        shared["history"].append({"epoch": epoch, "dev_cider": round(ens, 5)})
+        better = ens > shared["best"]
+        if better:
+            shared.update(best=ens, best_epoch=epoch, stale=0)
+            best_weights = [model.get_weights() for model in models]
+        else:
+            shared["stale"] += 1
+        log(f"scst: epoch {epoch}/{epochs}: ensemble dev CIDEr-D {ens:.4f}"
+            + (" (best)" if better else f" (best {shared['best']:.4f} at epoch {shared['best_epoch']})"))
         if checkpoints is not None:
-            checkpoints.save(m, MemberState(epochs, {"final": [np.asarray(v.numpy()) for v in model.variables]},
-                                            {"member": out[-1]}, done=True))
-    return out
+            for m, trainer in enumerate(trainers):
+                arrays, trainer_state = trainer.state()
+                checkpoints.save(m, MemberState(epoch, {**arrays, "best": [np.asarray(w) for w in best_weights[m]]},
+                                                {"trainer": trainer_state, "history": histories[m], "ensemble": shared}))
+            done_epochs = [epoch] * len(models)
+    for model, weights in zip(models, best_weights):
+        model.set_weights(weights)
+    result = {"members": histories, "ensemble": shared["history"], "best_epoch": shared["best_epoch"],
+              "epochs_run": epoch}
+    if checkpoints is not None:
+        for m, model in enumerate(models):
+            checkpoints.save(m, MemberState(epoch, {"final": [np.asarray(v.numpy()) for v in model.variables]},
+                                            {"result": result}, done=True))
+    return result
 
 
 def split_references(text_dir: str | os.PathLike[str], feature_ids: Sequence[str],
                      splits: Sequence[str] = ("train", "dev")) -> dict[str, tuple[list[list[list[str]]], np.ndarray]]:
     """By split: the references of each image with features and its feature row, from the
     clean_text tables (`<text_dir>/<split>.parquet`)."""
-    import pandas as pd
+    from captioner.datasets.text import read_references
 
+    where = {str(img): i for i, img in enumerate(feature_ids)}
     out = {}
     for split in splits:
-        table = pd.read_parquet(Path(text_dir) / f"{split}.parquet", columns=["image_id", "caption_no", "caption"])
-        table = table.sort_values(["image_id", "caption_no"])
-        out[split] = references_by_row(table["image_id"].astype(str).tolist(), table["caption"].tolist(), feature_ids)
+        refs = {img: r for img, r in read_references(text_dir, split).items() if img in where}
+        out[split] = (list(refs.values()), np.array([where[img] for img in refs], np.int64))
     return out
-
-

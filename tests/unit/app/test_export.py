@@ -185,3 +185,32 @@ def test_the_graph_decodes_exactly_as_beam_search(kinds) -> None:
         results[config] = texts
     assert len({tuple(t) for t in results.values()}) >= 3  # the settings do change the captions
     assert any(len(t.split()) == 7 for t in results[DecodingConfig(beam_width=1, length_penalty=0.0, block_repeat_ngram=0, max_length=7)])  # some are cut
+
+
+def test_consensus_reranking_in_the_cli_and_the_pipeline_agree_and_export_refuses_it(exported, tmp_path: Path,
+                                                                                     capsys) -> None:
+    """`--rerank consensus` captions as the pipeline's evaluation does with the same settings; it
+    needs the folder's n-gram frequencies (a clear error names the missing file), and the
+    SavedModel export refuses it rather than decode otherwise."""
+    from captioner.config.decoding import DecodingConfig
+    from captioner.decoding.cider import CiderD
+    from captioner.model.folder import NGRAMS_FILE
+    from tests.helpers.models import evaluate_like_the_pipeline
+
+    model, photos, _ = exported
+    images = sorted(photos)[:6]
+    flags = ["--beam", "4", "--rerank", "consensus", "--no-repeat-ngram", "0", "--length-penalty", "0"]
+    assert main(["caption", *map(str, images), "--model", str(model), *flags]) == 2
+    assert f"{model / NGRAMS_FILE}: missing; consensus reranking needs" in capsys.readouterr().err
+
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    CiderD([[c.split()] for c in photos.values()]).save(folder / NGRAMS_FILE)
+    assert main(["caption", *map(str, images), "--model", str(folder), "--json", *flags]) == 0
+    cli = [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()]
+    config = DecodingConfig(beam_width=4, max_length=6, rerank="consensus")
+    assert cli == evaluate_like_the_pipeline(folder, images, config)
+
+    assert main(["export", "--model", str(folder), str(tmp_path / "out"), "--rerank", "consensus"]) == 2
+    assert "cannot rerank by consensus; export with --rerank beam" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

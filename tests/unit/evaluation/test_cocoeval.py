@@ -124,7 +124,7 @@ def test_human_ceiling_by_hand_on_two_images(scorer: CocoScorer) -> None:
     assert 0 < h["coco"]["meteor"] <= 1
     # diversity of the held-out captions: A0 and A1 are the one train caption
     assert h["diversity"] == pytest.approx({"distinct": 1.0, "vocab": 10, "novel": 2 / 3, "mean_length": 5.0,
-                                            "ref_mean_length": 5.0}, abs=1e-4)
+                                            "ref_mean_length": 5.0, "function_end": 0.0}, abs=1e-4)
 
 
 def pr(xs: tuple[float, ...]) -> float:
@@ -137,9 +137,10 @@ def pr(xs: tuple[float, ...]) -> float:
 def test_leave_one_out_and_diversity() -> None:
     rounds = list(leave_one_out({"x": [1, 2, 3], "y": [4, 5], "z": [6]}))
     assert rounds == [(["x", "y"], [1, 4], [[2, 3], [5]]), (["x", "y"], [2, 5], [[1, 3], [4]]), (["x"], [3], [[1, 2]])]
-    d = diversity([["a", "dog"], ["a", "dog"], ["a", "cat", "sits"]], {"a dog"}, [[["a", "b", "c", "d"]]] * 3)
-    assert d == pytest.approx({"distinct": 2 / 3, "vocab": 4, "novel": 1 / 3, "mean_length": 7 / 3,
-                               "ref_mean_length": 4.0})
+    d = diversity([["a", "dog"], ["a", "dog"], ["a", "cat", "sits"], ["a", "dog", "in", "the"]], {"a dog"},
+                  [[["a", "b", "c", "d"]]] * 4)
+    assert d == pytest.approx({"distinct": 3 / 4, "vocab": 6, "novel": 2 / 4, "mean_length": 11 / 4,
+                               "ref_mean_length": 4.0, "function_end": 1 / 4})
 
 
 def _fake_java(folder: Path, script: str) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from captioner.model.build import build_attention_model, build_merge_model
-from captioner.training.rewards import CiderD
+from captioner.decoding.cider import CiderD
 from captioner.training.scst import (
     CaptionReward,
     ScstConfig,
@@ -171,11 +171,14 @@ def test_epoch_reads_each_image_from_its_feature_row(merge_toy: dict) -> None:
     assert by_rows.reward == pytest.approx(aligned.reward, abs=1e-9) and by_rows.steps == aligned.steps
 
 
-def test_finetune_keeps_each_members_best_dev_epoch(merge_toy: dict) -> None:
-    """`finetune` on a 2-member ensemble: a history per member, epoch 0 = the cross-entropy
-    model, and each member ends with the weights of its best dev CIDEr-D epoch: with a learning
-    rate this large, later epochs get worse, so keeping the last epoch fails this test."""
-    from captioner.training.scst import finetune, references_by_row
+def test_finetune_keeps_the_ensembles_best_dev_epoch_and_stops(merge_toy: dict) -> None:
+    """`finetune` on a 2-member ensemble: a greedy history per member and the ensemble's dev
+    CIDEr-D by epoch (0 = the cross-entropy models); the members end with the weights of the
+    ensemble's best epoch, and training stops once `patience` epochs bring nothing better. With
+    a learning rate this large later epochs get worse, so keeping the last epoch (or running to
+    the cap) fails this test."""
+    from captioner.config.decoding import DecodingConfig
+    from captioner.training.scst import ensemble_dev_cider, finetune, references_by_row
 
     members = [_fresh(merge_toy)["model"] for _ in range(2)]
     ids = [f"img{i}" for i in range(N)]
@@ -186,22 +189,27 @@ def test_finetune_keeps_each_members_best_dev_epoch(merge_toy: dict) -> None:
     assert refs == merge_toy["refs"] and rows.tolist() == list(range(N - 1, -1, -1))
     train, dev = (refs[:160], rows[:160]), (refs[160:], rows[160:])
     config = ScstConfig(samples=4, max_length=8, learning_rate=0.3, batch_size=32, seed=0)
-    histories = finetune(members, feats, train, dev, merge_toy["vocab"], config, epochs=3, progress=False,
-                         log=lambda _: None)
-    assert [h["member"] for h in histories] == [0, 1]
+    select = DecodingConfig(beam_width=2)
+    result = finetune(members, feats, train, dev, merge_toy["vocab"], config, epochs=6, select=select, patience=2,
+                      progress=False, log=lambda _: None)
+    assert [h["member"] for h in result["members"]] == [0, 1]
+    scores = [e["dev_cider"] for e in result["ensemble"]]
+    best = int(np.argmax(scores))
+    assert result["best_epoch"] == best and [e["epoch"] for e in result["ensemble"]] == list(range(len(scores)))
+    assert result["epochs_run"] == len(scores) - 1 == min(6, best + 2)  # stopped 2 epochs after the best
+    assert result["epochs_run"] < 6 and scores[-1] < max(scores)  # it stopped, and restoring mattered
+    for h in result["members"]:
+        assert [e["epoch"] for e in h["epochs"]] == list(range(len(scores)))
     dev_reward = CaptionReward(CiderD(dev[0]), dev[0], merge_toy["vocab"])
-    for model, h in zip(members, histories):
-        scores = [e["dev_cider"] for e in h["epochs"]]
-        assert [e["epoch"] for e in h["epochs"]] == [0, 1, 2, 3] and h["best_epoch"] == int(np.argmax(scores))
-        trainer = ScstTrainer(model, merge_toy["vocab"], dev_reward, config)
-        assert trainer.mean_reward(feats, dev[1]) == pytest.approx(max(scores), abs=1e-4)  # the best weights
-    assert any(h["epochs"][-1]["dev_cider"] < h["best_dev_cider"] for h in histories)  # restoring mattered
+    again = ensemble_dev_cider(members, feats, dev[1], dev_reward, merge_toy["vocab"], select)
+    assert again == pytest.approx(max(scores), abs=1e-4)  # the best epoch's weights
 
 
 @pytest.mark.parametrize("stop_member", [0, 1])
-def test_finetune_interrupted_mid_member_resumes_bit_for_bit(merge_toy: dict, tmp_path, stop_member: int) -> None:
-    """`finetune` with checkpoints, interrupted during a member's second epoch and run again,
-    ends with the uninterrupted run's weights and histories; a finished member is not retrained."""
+def test_finetune_interrupted_mid_epoch_resumes_bit_for_bit(merge_toy: dict, tmp_path, stop_member: int) -> None:
+    """`finetune` with checkpoints, interrupted while a member runs its second epoch, and run
+    again, ends with the uninterrupted run's weights and histories; a run killed after the end
+    is not trained again."""
     from captioner.training.checkpoint import CheckpointFolder
     from captioner.training.scst import finetune
 
@@ -212,7 +220,7 @@ def test_finetune_interrupted_mid_member_resumes_bit_for_bit(merge_toy: dict, tm
         keras.utils.set_random_seed(1)  # the same dropout generators' seeds in every run
         members = [_fresh(merge_toy)["model"] for _ in range(2)]
         return members, finetune(members, merge_toy["feats"], train, dev, merge_toy["vocab"], config, epochs=3,
-                                 progress=False, log=log, checkpoints=folder)
+                                 patience=3, progress=False, log=log, checkpoints=folder)
 
     plain_members, plain = run(lambda _: None)
 
@@ -221,21 +229,29 @@ def test_finetune_interrupted_mid_member_resumes_bit_for_bit(merge_toy: dict, tm
 
     def stop(line: str) -> None:
         if line.startswith(f"scst: member {stop_member} epoch 2/3"):
-            raise Interrupt(line)  # epoch 2 ran, its checkpoint is not written yet
+            raise Interrupt(line)  # epoch 2 ran for this member, no checkpoint of epoch 2 is written yet
 
     folder = CheckpointFolder.open(tmp_path / "ck", "scst", {"params": {"scst": 1}})
     with pytest.raises(Interrupt):
         run(stop, folder)
-    assert folder.load(stop_member).epoch == 1 and (stop_member == 0 or folder.load(0).done)
+    assert [folder.load(m).epoch for m in (0, 1)] == [1, 1]
     lines: list[str] = []
-    members, histories = run(lines.append, folder)
+    members, result = run(lines.append, folder)
 
-    def timeless(hs):  # wall-clock seconds differ between any two runs
-        return [{**h, "epochs": [{k: v for k, v in e.items() if k != "seconds"} for e in h["epochs"]]} for h in hs]
+    def timeless(r):  # wall-clock seconds differ between any two runs
+        return {**r, "members": [{**h, "epochs": [{k: v for k, v in e.items() if k != "seconds"} for e in h["epochs"]]}
+                                 for h in r["members"]]}
 
-    assert timeless(histories) == timeless(plain)
-    assert f"scst: member {stop_member} resumes at epoch 2 of 3" in lines
-    assert (stop_member == 1) == any(line.startswith("scst: member 0: finished before") for line in lines)
+    assert timeless(result) == timeless(plain)
+    assert "scst: resumes at epoch 2 of 3" in lines
+    for a, b in zip(members, plain_members):
+        for x, y in zip(a.variables, b.variables):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
+    assert all(folder.load(m).done for m in (0, 1))
+    lines.clear()
+    members, again = run(lines.append, folder)  # killed after the end: nothing is trained again
+    assert timeless(again) == timeless(plain) and lines == ["scst: finished before (best epoch "
+                                                            f"{plain['best_epoch']})"]
     for a, b in zip(members, plain_members):
         for x, y in zip(a.variables, b.variables):
             np.testing.assert_array_equal(x.numpy(), y.numpy())

@@ -1,4 +1,4 @@
-"""captioner.training.rewards: the vectorised CIDEr-D equals pycocoevalcap's Cider on fixed examples."""
+"""captioner.decoding.cider: the vectorised CIDEr-D equals pycocoevalcap's Cider on fixed examples."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from captioner.training.rewards import CiderD, cider_d
+from captioner.decoding.cider import CiderD, cider_d
 
 REFS = {
     "dog": ["a black dog runs across the grass", "a dog is running on a lawn", "the black dog runs",

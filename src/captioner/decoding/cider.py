@@ -11,14 +11,17 @@ sigma 6, averaged over n-gram orders and references, times 10), computed on inte
   on (image, n-gram) keys, prepared once per reference set.
 
 Document frequencies (and the log corpus size) come from a corpus fixed at construction:
-the train references for self-critical training, or, as pycocoevalcap does, the references
-of the very images being scored (:func:`cider_d`). Quirks kept for equality: the length of
+the train references for self-critical training and consensus reranking (saved beside a
+trained model: :meth:`CiderD.save`), or, as pycocoevalcap does, the references of the very
+images being scored (:func:`cider_d`). Quirks kept for equality: the length of
 a caption is its number of bigrams, and an n-gram missing from the corpus has df 1.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import zipfile
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -107,6 +110,36 @@ class CiderD:
             rows, codes, _ = _bags(ids, lengths, k, self.base)
             pairs = np.unique(np.stack([image[rows], codes]), axis=1)  # each n-gram once per image
             self._df.append(np.unique(pairs[1], return_counts=True))
+
+    # ------------------------------------------------------------- persistence
+    FORMAT = "captioner-cider-df/1"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the document frequencies (and the words they are coded with) to a compressed
+        .npz, so that a scorer can be rebuilt without the corpus (:meth:`load`)."""
+        words = np.array(sorted(self._words, key=self._words.__getitem__), dtype=str)
+        arrays = {f"grams{k}": g for k, (g, _) in enumerate(self._df, 1)}
+        arrays.update({f"df{k}": d.astype(np.int32) for k, (_, d) in enumerate(self._df, 1)})
+        with open(path, "wb") as f:
+            np.savez_compressed(f, format=np.array(self.FORMAT), words=words,
+                                sizes=np.array([self.n, self.sigma, self.log_images]), **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CiderD:
+        """The scorer :meth:`save` wrote; ValueError naming the file if it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["format"]) != cls.FORMAT:
+                    raise ValueError(f"format {str(z['format'])!r}, expected {cls.FORMAT!r}")
+                n, sigma, log_images = (float(x) for x in z["sizes"])
+                out = cls.__new__(cls)
+                out.n, out.sigma, out.log_images = int(n), sigma, log_images
+                out.base = int(math.floor(2.0 ** (62.0 / out.n)))
+                out._words = {str(w): i for i, w in enumerate(z["words"].tolist(), 1)}
+                out._df = [(z[f"grams{k}"].astype(np.int64), z[f"df{k}"].astype(np.int64)) for k in range(1, out.n + 1)]
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: not CIDEr-D document frequencies ({e})") from None
+        return out
 
     # ------------------------------------------------------------------ words
     def word_ids(self, tokens: Tokens) -> np.ndarray:
