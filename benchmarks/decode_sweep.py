@@ -8,9 +8,13 @@ the evaluate params; record the chosen setting with `dvc exp run -S evaluate...`
 
     python benchmarks/decode_sweep.py --project . --beams 1 3 5 --penalties 0 1 2 --blocks 0 2
 
+With --reranks beam consensus (and --consensus-weights uniform probability), every setting is
+also decoded with consensus reranking of the beam's candidates (captioner.decoding.consensus),
+scored with the model folder's ngrams.npz (or, for an older folder, the project's train captions).
+
 With --coco, every row also gets the coco-caption suite (pycocoevalcap's BLEU-4, METEOR, ROUGE-L
 and CIDEr-D on the raw references, as `evaluate` computes them; all rows tokenised in one run)
-and the diversity figures (distinct, novel, vocabulary).
+and the diversity figures (distinct, novel, vocabulary, share ending in a function word).
 
 With --extra-model DIR ..., more model folders join the ensemble. They read the main model's
 features (merge models average a region grid over its regions) unless --extra-features gives one
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--penalties", type=float, nargs="+", default=[0.0, 1.0])
     ap.add_argument("--blocks", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--reranks", nargs="+", default=["beam"], choices=["beam", "consensus"],
+                    help="how the caption is chosen among the beam's candidates (consensus: minimum Bayes risk)")
+    ap.add_argument("--consensus-weights", nargs="+", default=["uniform"], choices=["uniform", "probability"])
     ap.add_argument("--max-length", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--subsets", type=int, nargs="*", default=[],
@@ -61,8 +68,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     try:  # every setting checked before anything is loaded
         configs = [DecodingConfig().overridden(beam_width=beam, length_penalty=lp, block_repeat_ngram=block,
-                                               max_length=args.max_length)
-                   for beam, lp, block in itertools.product(args.beams, args.penalties, args.blocks)]
+                                               max_length=args.max_length, rerank=rerank, consensus_weights=weights)
+                   for beam, lp, block, rerank, weights in itertools.product(
+                       args.beams, args.penalties, args.blocks, args.reranks, args.consensus_weights)
+                   if rerank == "consensus" or weights == args.consensus_weights[0]]
     except DecodingError as e:
         ap.error(str(e))
 
@@ -112,20 +121,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{args.split} images, features {features_path}")
     if args.subsets:
         return _subsets(args, configs[0], models, feats, vocab, refs, image_ids, views)
+    ngrams = None
+    if any(c.rerank == "consensus" for c in configs):
+        from captioner.datasets.text import read_references
+        from captioner.decoding.cider import CiderD
+        from captioner.decoding.search import load_ngrams
+        from captioner.model.folder import NGRAMS_FILE
+
+        if (model_dir / NGRAMS_FILE).is_file():
+            ngrams = load_ngrams(folder)
+        else:  # a model folder from before the scst stage wrote them: the same frequencies, from the text
+            print(f"decode_sweep: {model_dir / NGRAMS_FILE} missing; n-gram frequencies from data/text/train.parquet")
+            ngrams = CiderD(list(read_references(project / "data/text", "train").values()))
     decoder = StepDecoder(models, views)
-    print(f"{'beam':>4} {'lp':>4} {'block':>5}  BLEU-1 BLEU-2 BLEU-3 BLEU-4  words  seconds")
+    print(f"{'beam':>4} {'lp':>4} {'block':>5} {'rerank':>21}  BLEU-1 BLEU-2 BLEU-3 BLEU-4  words  seconds")
     out, hyps = [], []
     for config in configs:
         beam, lp, block = config.beam_width, config.length_penalty, config.block_repeat_ngram
+        rerank = config.rerank if config.rerank == "beam" else f"consensus/{config.consensus_weights}"
         start = time.perf_counter()
-        caps = generate_captions(decoder, feats, vocab, config, args.batch_size, progress=False)
+        caps = generate_captions(decoder, feats, vocab, config, args.batch_size, progress=False, ngrams=ngrams)
         seconds = time.perf_counter() - start
         bleu = score(refs, image_ids, [c.words for c in caps])
         words = float(np.mean([len(c.words) for c in caps]))
-        out.append({"beam": beam, "length_penalty": lp, "block_repeat_ngram": block, **bleu,
-                    "mean_words": round(words, 2), "seconds": round(seconds, 1)})
+        out.append({"beam": beam, "length_penalty": lp, "block_repeat_ngram": block, "rerank": rerank, **bleu,
+                    "mean_words": round(words, 2), "seconds": round(seconds, 1),
+                    "ms_per_image": round(1000 * seconds / len(caps), 2)})
         hyps.append([c.words for c in caps])
-        print(f"{beam:>4} {lp:>4} {block:>5}  " + " ".join(f"{bleu[k]:6.3f}" for k in sorted(bleu))
+        print(f"{beam:>4} {lp:>4} {block:>5} {rerank:>21}  " + " ".join(f"{bleu[k]:6.3f}" for k in sorted(bleu))
               + f"  {words:5.2f}  {seconds:7.1f}", flush=True)
     if args.coco:
         add_coco(args, project, out, hyps, image_ids, refs)
@@ -182,14 +205,16 @@ def add_coco(args, project: Path, rows: list[dict], hyps: list[list[list[str]]],
     with CocoScorer() as scorer:
         scores = coco_scores(scorer, {i: raw[i] for i in image_ids},
                              {str(n): {i: " ".join(h) for i, h in zip(image_ids, hs)} for n, hs in enumerate(hyps)})
-    print("coco suite:  row  BLEU-4 METEOR ROUGE-L CIDEr-D  distinct novel vocab")
+    print("coco suite:  row  BLEU-4 METEOR ROUGE-L CIDEr-D  distinct novel vocab  fn-end")
     for n, (row, hs) in enumerate(zip(rows, hyps)):
         corpus = scores[str(n)].corpus
         div = diversity(hs, train, [refs[i] for i in image_ids])
         row.update({f"coco_{k}": round(corpus[k], 4) for k in ("bleu4", "meteor", "rouge_l", "cider")})
-        row.update({"distinct": round(div["distinct"], 3), "novel": round(div["novel"], 3), "vocab": div["vocab"]})
+        row.update({"distinct": round(div["distinct"], 3), "novel": round(div["novel"], 3), "vocab": div["vocab"],
+                    "function_end": round(div["function_end"], 4)})
         print(f"            {n:>4}  {corpus['bleu4']:6.3f} {corpus['meteor']:6.3f} {corpus['rouge_l']:7.3f} "
-              f"{corpus['cider']:7.3f}  {div['distinct']:8.2f} {div['novel']:5.2f} {div['vocab']:5d}", flush=True)
+              f"{corpus['cider']:7.3f}  {div['distinct']:8.2f} {div['novel']:5.2f} {div['vocab']:5d}  "
+              f"{div['function_end']:6.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def test_extra_models_read_their_own_feature_files(project: Path, toy: dict, tmp
             "--extra-model", str(project / "data/model")]
     same = decode_sweep.main(args)
     viewed = decode_sweep.main([*args, "--extra-features", str(rev)])
-    assert viewed == [{**same[0], "seconds": viewed[0]["seconds"]}]
+    assert viewed == [{**same[0], "seconds": viewed[0]["seconds"], "ms_per_image": viewed[0]["ms_per_image"]}]
 
     # An extra member on 3-d features of its own, whose image branch dominates: decoded by hand.
     other_dir = tmp_path / "other"
@@ -117,3 +117,28 @@ def test_extra_features_must_match_the_extra_models(project: Path, capsys: pytes
                            str(project / "data/model"), "--extra-features", str(project / "data/features/toy.parquet")])
     assert exit_.value.code == 2  # argparse's usage error
     assert "error: --extra-features: one file per --extra-model (2), got 1" in capsys.readouterr().err
+
+
+def test_consensus_rows_rerank_with_the_folders_ngrams(project: Path, toy: dict, tmp_path: Path) -> None:
+    """--reranks beam consensus: a consensus row per weighting, decoded exactly as
+    generate_captions with that config and the model folder's ngrams.npz."""
+    import shutil
+
+    from captioner.config.decoding import DecodingConfig
+    from captioner.decoding.cider import CiderD
+    from captioner.decoding.search import generate_captions
+    from captioner.model.folder import NGRAMS_FILE
+
+    local = tmp_path / "proj"
+    shutil.copytree(project, local)
+    ngrams = CiderD([[["a", c, "thing"]] for c in COLOURS] + [[["a", "thing"]]])
+    ngrams.save(local / "data/model" / NGRAMS_FILE)
+    rows = decode_sweep.main(["--project", str(local), "--beams", "3", "--penalties", "0", "--blocks", "0",
+                              "--reranks", "beam", "consensus", "--consensus-weights", "uniform", "probability"])
+    assert [r["rerank"] for r in rows] == ["beam", "consensus/uniform", "consensus/probability"]
+    decoder = StepDecoder([toy["model"]] * 3)
+    refs = [[["a", COLOURS[c], "thing"]] for c in toy["cls"][:12]]
+    for r in rows[1:]:
+        config = DecodingConfig(beam_width=3, rerank="consensus", consensus_weights=r["rerank"].split("/")[1])
+        caps = generate_captions(decoder, toy["feats"][:12], toy["vocab"], config, progress=False, ngrams=ngrams)
+        assert r["bleu4"] == pytest.approx(corpus_bleu_scores(refs, [c.words for c in caps])["bleu4"], abs=1e-9)
