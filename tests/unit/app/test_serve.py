@@ -296,3 +296,34 @@ def test_readiness_waits_for_the_model_loaded_in_the_background(cap) -> None:
 # ---------------------------------------------------------------- real servers
 
 
+
+
+def test_the_service_decodes_with_consensus_as_the_pipeline_does(release, tmp_path) -> None:
+    """A service started with `rerank: consensus` captions as the evaluation does with the same
+    settings (the folder's n-gram frequencies); without them it never becomes ready and says why."""
+    import dataclasses
+    import shutil
+    import time
+
+    from captioner.decoding.cider import CiderD
+    from captioner.model.folder import NGRAMS_FILE
+
+    model, photos = release
+    folder = tmp_path / "release"
+    shutil.copytree(model, folder)
+    CiderD([[c.split()] for c in photos.values()]).save(folder / NGRAMS_FILE)
+    config = EVALUATED.overridden(beam_width=4, rerank="consensus", consensus_weights="probability")
+    images = sorted(photos)[::4]
+    expected = evaluate_like_the_pipeline(folder, images, config)
+    with TestClient(create_app(load_captioner(folder), config, SMALL), raise_server_exceptions=False) as c:
+        got = [c.post("/caption", content=p.read_bytes(), headers={"content-type": "image/jpeg"}).json()
+               for p in images]
+    assert [g["caption"] for g in got] == expected and got[0]["decoding"]["rerank"] == "consensus"
+    bare = dataclasses.replace(load_captioner(model), ngrams=None)
+    with TestClient(create_app(lambda: bare, config, SMALL), raise_server_exceptions=False) as c:
+        for _ in range(100):
+            r = c.get("/readyz")
+            if "missing" in r.text:
+                break
+            time.sleep(0.05)
+    assert r.status_code == 503 and f"{NGRAMS_FILE}: missing; consensus reranking needs" in r.text
