@@ -26,7 +26,8 @@ def test_a_fresh_tiny_dag_runs_every_stage(workspace) -> None:
     metrics = json.loads((project / "metrics/eval.json").read_text())
     run_info = json.loads((project / "metrics/eval_run.json").read_text())
     assert run_info["split"] == "dev" and run_info["images"] == 12 and run_info["images_without_features"] == 0
-    assert run_info["decoding"] == {"beam_width": 2, "length_penalty": 0.0, "block_repeat_ngram": 0, "max_length": 40}
+    assert run_info["decoding"] == {"beam_width": 2, "length_penalty": 0.0, "block_repeat_ngram": 0, "max_length": 40,
+                                    "rerank": "beam", "consensus_weights": "uniform"}
     assert 0.0 < metrics["bleu4"] < metrics["bleu3"] < metrics["bleu2"] < metrics["bleu1"] <= 1.0
     assert set(metrics["coco"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
     # The model learnt to look at the image: well above the image-blind baseline.

@@ -68,12 +68,16 @@ def test_release_folder_holds_model_files_decoding_and_card(tmp_path: Path) -> N
     (model / "meta.json").write_text(json.dumps({"members": ["model.keras", "model_1.keras"], "kind": "merge"}))
     decoding = DecodingConfig.of(EvaluateParams(beam_width=3, length_penalty=1.1, block_repeat_ngram=2,
                                                 max_length=30, batch_size=8, split="dev"))
-    assert decoding.as_dict() == {"beam_width": 3, "length_penalty": 1.1, "block_repeat_ngram": 2, "max_length": 30}
+    assert decoding.as_dict() == {"beam_width": 3, "length_penalty": 1.1, "block_repeat_ngram": 2, "max_length": 30,
+                                  "rerank": "beam", "consensus_weights": "uniform"}
     names = write_release(model, tmp_path / "release", decoding, "---\ncard\n", "scenes")
     assert names == ["README.md", "decoding.json", "meta.json", "model.keras", "model_1.keras", "vocab.json"]
     assert json.loads((tmp_path / "release/decoding.json").read_text()) == decoding.as_dict()
     assert json.loads((tmp_path / "release/meta.json").read_text())["dataset"] == "scenes"
     assert (tmp_path / "release/model_1.keras").read_text() == "w1"
+    (model / "ngrams.npz").write_bytes(b"n-grams")  # the scst stage's: shipped when the model has them
+    again = write_release(model, tmp_path / "release2", decoding, "---\ncard\n", "scenes")
+    assert again == sorted([*names, "ngrams.npz"]) and (tmp_path / "release2/ngrams.npz").read_bytes() == b"n-grams"
     assert dataset_name("data/raw/scenes") == "scenes" and dataset_name("../shared/flickr8k") == "flickr8k"
     for file, name in (("dataset_coco.json", "coco"), ("dataset_flickr30k.json", "flickr30k")):
         (root := tmp_path / name).mkdir()
