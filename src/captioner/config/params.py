@@ -236,8 +236,19 @@ def check_data_root(params: Params, base: Path = Path(".")) -> Path:
     return root
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    """{"train": {"epochs": 5}} -> {"train.epochs": 5} (lists and dicts of leaves kept whole)."""
+def flatten(tree: dict | BaseModel, prefix: str = "") -> dict[str, object]:
+    """{"train": {"epochs": 5}} -> {"train.epochs": 5} (lists and dicts of leaves kept whole). Given
+    params as a model, every nested settings model is flattened too ("scst.select.beam_width"),
+    while dict-valued settings (data.split_fractions) stay whole."""
+    if isinstance(tree, BaseModel):
+        out_m: dict[str, object] = {}
+        for key in type(tree).model_fields:
+            value = getattr(tree, key)
+            if isinstance(value, BaseModel):
+                out_m.update(flatten(value, f"{prefix}{key}."))
+            else:
+                out_m[f"{prefix}{key}"] = value
+        return out_m
     out: dict[str, object] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"

@@ -13,6 +13,7 @@ the workspace holds.
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,8 @@ def committed_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """`section.key=value` (value in YAML, as `dvc exp run -S` reads it) -> (section, key, value)."""
+    """`section.key=value` (value in YAML, as `dvc exp run -S` reads it) -> (section, key, value);
+    the key may be dotted, for a nested setting (`scst.select.beam_width=3`)."""
     name, sep, value = text.partition("=")
     section, dot, key = name.strip().partition(".")
     if not sep or not dot or not section or not key:
@@ -51,12 +53,23 @@ def apply_preset(base: dict[str, Any], preset_path: str | Path, extra: list[str]
     preset = yaml.safe_load(Path(preset_path).read_text(encoding="utf-8")) or {}
     if not isinstance(preset, dict) or not all(isinstance(v, dict) for v in preset.values()):
         raise ParamsError(f"{preset_path}: a preset is a mapping of sections to mappings of keys")
-    merged = {section: dict(values) for section, values in base.items()}
+    def merge(into: dict, values: dict) -> None:  # nested settings (scst.select) merge key by key
+        for k, v in values.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into.setdefault(k, {}), v)
+            else:
+                into[k] = v
+
+    merged = {section: copy.deepcopy(values) for section, values in base.items()}
     for section, values in preset.items():
-        merged.setdefault(section, {}).update(values)
+        merge(merged.setdefault(section, {}), values)
     for override in extra:
         section, key, value = parse_override(override)
-        merged.setdefault(section, {})[key] = value
+        *parents, leaf = key.split(".")
+        target = merged.setdefault(section, {})
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = value
     try:
         return Params.model_validate(merged)
     except ValidationError as e:
@@ -68,7 +81,7 @@ def overrides(params: Params) -> list[str]:
     def fmt(v: Any) -> str:
         return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
-    return [f"{k}={fmt(v)}" for k, v in flatten(params.model_dump()).items()]
+    return [f"{k}={fmt(v)}" for k, v in flatten(params).items()]
 
 
 def member_kinds(params: Params) -> list[str]:

@@ -37,7 +37,11 @@ def as_params(args: list[str]) -> Params:
     tree: dict = {}
     for a in args:
         section, key, value = parse_override(a)
-        tree.setdefault(section, {})[key] = value
+        *parents, leaf = key.split(".")  # a nested setting: scst.select.beam_width
+        target = tree.setdefault(section, {})
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = value
     return Params.model_validate(tree)
 
 
@@ -53,7 +57,7 @@ def test_merge_preset_after_an_attention_run_is_the_merge_preset(workspace: Path
     assert p.train.epochs == 12 and p.train.precision == "auto" and p.data.root == "../f8k"
     # the overrides set every key, so nothing of the workspace's leftovers survives them
     args = overrides(p)
-    assert {a.partition("=")[0] for a in args} == set(flatten(Params().model_dump()))
+    assert {a.partition("=")[0] for a in args} == set(flatten(Params()))
     assert as_params(args) == p
 
 
@@ -79,3 +83,15 @@ def test_cli_prints_arguments_and_what_will_run(workspace: Path, capsys, monkeyp
 
 # ------------------------------------------------------------------ make flickr8k, end to end
 
+
+
+def test_nested_settings_merge_key_by_key_from_preset_and_overrides(workspace: Path, tmp_path: Path) -> None:
+    """scst.select is a nested decoding config: a preset naming one of its keys keeps the others,
+    a dotted override (`scst.select.beam_width=3`) sets one, and the overrides name each leaf."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("scst:\n  select:\n    length_penalty: 1.0\n")
+    p = apply_preset(committed_params(workspace / "params.yaml"), preset, ["scst.select.beam_width=3"])
+    assert (p.scst.select.beam_width, p.scst.select.length_penalty, p.scst.select.block_repeat_ngram) == (3, 1.0, 2)
+    args = overrides(p)
+    assert "scst.select.beam_width=3" in args and "scst.select.length_penalty=1.0" in args
+    assert as_params(args) == p
