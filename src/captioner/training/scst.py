@@ -319,15 +319,18 @@ def finetune(
     trainers = [ScstTrainer(model, vocab, train_reward, replace(config, seed=config.seed + m))
                 for m, model in enumerate(models)]
     states = [checkpoints.load(m) if checkpoints is not None else None for m in range(len(models))]
-    if any(s is not None for s in states) and not all(s is not None for s in states):
-        raise ValueError(f"scst checkpoints in {checkpoints.root}: some members have none; remove the folder")
 
     def score() -> float:
         return ensemble_dev_cider(models, features, dev[1], dev_reward, vocab, select)
 
-    finished = [s for s in states if s is not None and s.done]
+    def greedy_start(m: int) -> dict:
+        cider = trainers[m].mean_reward(features, dev[1], reward=dev_reward)
+        return {"member": m, "epochs": [{"epoch": 0, "dev_cider": round(cider, 5)}]}
+
+    saved = [s for s in states if s is not None]
+    finished = [s for s in saved if s.done]
     if finished:  # killed while the final weights were saved: the others' best weights are the same
-        for model, s in zip(models, states):
+        for model, s in zip(models, states, strict=True):
             if not s.done:
                 model.set_weights(list(s.arrays["best"]))
                 continue
@@ -335,22 +338,29 @@ def finetune(
                 v.assign(x)
         log(f"scst: finished before (best epoch {finished[0].meta['result']['best_epoch']})")
         return finished[0].meta["result"]
-    if states[0] is not None:
-        oldest = min(states, key=lambda s: s.epoch)  # its selection state is that of the last full epoch
-        shared = oldest.meta["ensemble"]
-        histories = [s.meta["history"] for s in states]
-        done_epochs = [s.epoch for s in states]
-        for trainer, s in zip(trainers, states):
+    if saved:
+        if len(saved) == len(states):  # the oldest holds the selection state of the last full epoch
+            shared = min(saved, key=lambda s: s.epoch).meta["ensemble"]
+        else:  # killed while the first epoch's checkpoints were written: epoch 1 runs again
+            xe = saved[0].meta["ensemble"]
+            shared = {"history": xe["history"][:1], "xe": xe["xe"], "best": xe["xe"], "best_epoch": 0, "stale": 0}
+        histories, best_weights, done_epochs = [], [], []
+        for m, (trainer, s) in enumerate(zip(trainers, states)):
+            if s is None:
+                histories.append(greedy_start(m))
+                best_weights.append(models[m].get_weights())
+                done_epochs.append(0)
+                continue
             trainer.restore(s.arrays, s.meta["trainer"])
-        best_weights = [list(s.arrays["best"]) for s in states]
-        log(f"scst: resumes at epoch {oldest.epoch + 1} of {epochs}")
+            histories.append(s.meta["history"])
+            best_weights.append(list(s.arrays["best"]))
+            done_epochs.append(s.epoch)
+        log(f"scst: resumes at epoch {len(shared['history'])} of {epochs}")
     else:
-        histories = []
-        for m, trainer in enumerate(trainers):
-            cider = trainer.mean_reward(features, dev[1], reward=dev_reward)
-            histories.append({"member": m, "epochs": [{"epoch": 0, "dev_cider": round(cider, 5)}]})
+        histories = [greedy_start(m) for m in range(len(models))]
         first = score()
-        shared = {"history": [{"epoch": 0, "dev_cider": round(first, 5)}], "best": first, "best_epoch": 0, "stale": 0}
+        shared = {"history": [{"epoch": 0, "dev_cider": round(first, 5)}], "xe": first, "best": first, "best_epoch": 0,
+                  "stale": 0}
         best_weights = [model.get_weights() for model in models]
         done_epochs = [0] * len(models)
         log(f"scst: ensemble dev CIDEr-D {first:.4f} after cross-entropy (beam {select.beam_width}); member greedy "

@@ -255,3 +255,43 @@ def test_finetune_interrupted_mid_epoch_resumes_bit_for_bit(merge_toy: dict, tmp
     for a, b in zip(members, plain_members):
         for x, y in zip(a.variables, b.variables):
             np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_finetune_killed_between_two_members_checkpoints_of_the_first_epoch_resumes_bit_for_bit(
+        merge_toy: dict, tmp_path) -> None:
+    """Killed after member 0's first checkpoint was written but before member 1's: the run
+    resumes with member 0 at epoch 1 and member 1 from scratch, and ends as the uninterrupted run."""
+    from captioner.training.checkpoint import CheckpointFolder
+    from captioner.training.scst import finetune
+
+    train, dev = (merge_toy["refs"][:160], np.arange(160)), (merge_toy["refs"][160:], np.arange(160, N))
+    config = ScstConfig(samples=4, max_length=8, learning_rate=0.05, batch_size=32, seed=0)
+
+    def run(folder=None):
+        keras.utils.set_random_seed(1)
+        members = [_fresh(merge_toy)["model"] for _ in range(2)]
+        return members, finetune(members, merge_toy["feats"], train, dev, merge_toy["vocab"], config, epochs=2,
+                                 patience=2, progress=False, log=lambda _: None, checkpoints=folder)
+
+    plain_members, plain = run()
+
+    class Killed(Exception):
+        pass
+
+    class KilledAtMember1(CheckpointFolder):
+        def save(self, member, state):
+            if member == 1:
+                raise Killed()
+            super().save(member, state)
+
+    folder = CheckpointFolder.open(tmp_path / "ck", "scst", {"params": {"scst": 2}})
+    with pytest.raises(Killed):
+        run(KilledAtMember1(folder.root, folder.stage))
+    assert folder.load(0).epoch == 1 and folder.load(1) is None
+    members, result = run(folder)
+    strip = lambda r: {**r, "members": [{**h, "epochs": [{k: v for k, v in e.items() if k != "seconds"}  # noqa: E731
+                                                         for e in h["epochs"]]} for h in r["members"]]}
+    assert strip(result) == strip(plain)
+    for a, b in zip(members, plain_members):
+        for x, y in zip(a.variables, b.variables):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
