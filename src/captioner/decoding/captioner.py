@@ -52,9 +52,7 @@ class Captioner:
         """ModelError naming the missing file if `config` needs what the folder lacks (consensus
         reranking reads its n-gram document frequencies)."""
         if config.rerank == "consensus" and self.ngrams is None:
-            raise ModelError(f"{os.path.join(self.folder, NGRAMS_FILE)}: missing; consensus reranking needs the "
-                             "train captions' n-gram document frequencies, which the scst stage writes (retrain, "
-                             "or decode with rerank: beam)")
+            load_ngrams(ModelFolder.open(self.folder))  # the ModelError naming the missing file
 
     def caption_features(
         self, features: np.ndarray, config: DecodingConfig | None = None, batch_size: int = 32,

@@ -1,7 +1,8 @@
 """Caption search over a model's next-word distribution: batched beam search (width 1 =
-greedy) with a GNMT length penalty, n-gram blocking and optional consensus reranking, over captioner.model.step's public
-`StepDecoder.start`/`step`; `generate_captions` runs it over many images with one
-`DecodingConfig` (captioner.config.decoding), `decode_folder` straight from a model folder."""
+greedy) with a GNMT length penalty, n-gram blocking and optional consensus reranking, over
+captioner.model.step's public `StepDecoder.start`/`step`; `generate_captions` runs it over many
+images with one `DecodingConfig` (captioner.config.decoding), `decode_folder` straight from a
+model folder."""
 
 from __future__ import annotations
 
