@@ -28,7 +28,8 @@ def summary_lines(metrics: Mapping[str, Any], run_info: Mapping[str, Any], root:
     bleu = " / ".join(f"{metrics[f'bleu{n}']:.3f}" for n in range(1, 5) if f"bleu{n}" in metrics)
     lines = [
         f"captioner: {run_info.get('split', '?')} split, {run_info.get('images', '?')} images, "
-        f"beam {decoding.get('beam_width', '?')} (all scores: dvc metrics show)",
+        f"beam {decoding.get('beam_width', '?')}{' + consensus' if decoding.get('rerank') == 'consensus' else ''} "
+        "(all scores: dvc metrics show)",
         f"  BLEU-1..4 {bleu}   METEOR {coco.get('meteor', 0):.3f}   ROUGE-L {coco.get('rouge_l', 0):.3f}"
         f"   CIDEr-D {coco.get('cider', 0):.3f}",
         f"  human ceiling CIDEr-D {human.get('coco', {}).get('cider', 0):.3f}   blind baseline CIDEr-D "

@@ -99,7 +99,8 @@ def evaluate_captions(text: SplitText, image_ids: Sequence[str], captions: Seque
     }
     c = model_coco.corpus
     java = "" if java_bin_dir() is None else f" (java: {java_command()})"
-    line = (f"evaluate ({text.split}, {len(image_ids)} images, beam {decoding.beam_width}): "
+    how = f"beam {decoding.beam_width}" + (" + consensus" if decoding.rerank == "consensus" else "")
+    line = (f"evaluate ({text.split}, {len(image_ids)} images, {how}): "
             + "  ".join(f"{k.upper()} {v:.3f}" for k, v in bleu.items())
             + f"  | coco BLEU4 {c['bleu4']:.3f}  METEOR {c['meteor']:.3f}  ROUGE-L {c['rouge_l']:.3f}  CIDEr-D {c['cider']:.3f}"
             + f"  | human, {human['references_per_round']} refs: " + coco_summary(human["bleu4"], human["coco"])
