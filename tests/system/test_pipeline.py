@@ -41,7 +41,7 @@ def test_a_fresh_tiny_dag_runs_every_stage(workspace) -> None:
     assert (project / "data/model/model.keras").read_bytes() == (project / "data/model_xe/model.keras").read_bytes()
     assert json.loads((project / "metrics/scst/metrics.json").read_text()) == {"epochs": 0}
     release = sorted(p.name for p in (project / "data/release").iterdir())
-    assert release == ["README.md", "decoding.json", "meta.json", "model.keras", "vocab.json"]
+    assert release == ["README.md", "decoding.json", "meta.json", "model.keras", "ngrams.npz", "vocab.json"]
     assert json.loads(run(["dvc", "metrics", "show", "--json"], project))  # valid JSON
     assert run(["dvc", "status"], project).strip().endswith("Data and pipelines are up to date.")
 
@@ -73,14 +73,18 @@ def test_incremental_reruns(workspace, tmp_path: Path) -> None:
     # every member gets an SCST history, curves and the dev CIDEr-D before and after.
     set_params(project, {"scst": {"epochs": 1, "samples": 2, "max_length": 6}})
     assert ran_stages(run(["dvc", "repro"], project)) == {"scst", "evaluate", "package"}
-    scst = json.loads((project / "metrics/scst/run.json").read_text())["members"]
+    run_info = json.loads((project / "metrics/scst/run.json").read_text())
+    scst = run_info["members"]
     assert [h["member"] for h in scst] == [0, 1] and [e["epoch"] for e in scst[0]["epochs"]] == [0, 1]
-    assert scst[0]["epochs"][1]["reward"] > 0.0 and scst[0]["best_epoch"] in (0, 1)
+    assert scst[0]["epochs"][1]["reward"] > 0.0 and run_info["best_epoch"] in (0, 1)
+    assert [e["epoch"] for e in run_info["ensemble"]] == [0, 1]  # the ensemble's dev CIDEr-D chose the epoch
     summary = json.loads((project / "metrics/scst/metrics.json").read_text())
     assert summary["epochs"] == 1 and summary["dev_cider"] >= summary["dev_cider_xe"]  # the best epoch is kept
     curve = (project / "metrics/scst/curves/dev_cider.tsv").read_text().splitlines()
-    assert curve[0] == "epoch\tmember_0\tmember_1" and [r.split("\t")[0] for r in curve[1:]] == ["0", "1"]
-    assert json.loads((project / "data/model/meta.json").read_text())["scst"]["epochs"] == 1
+    assert curve[0] == "epoch\tmember_0\tmember_1\tensemble" and [r.split("\t")[0] for r in curve[1:]] == ["0", "1"]
+    meta = json.loads((project / "data/model/meta.json").read_text())
+    assert meta["scst"]["epochs"] == 1 and meta["scst"]["best_epoch"] == run_info["best_epoch"]
+    assert (project / "data/model/ngrams.npz").is_file()  # for consensus reranking
     assert "SCST" in run(["dvc", "plots", "show", "--json"], project)
 
     # A text param: the CNN features are reused.

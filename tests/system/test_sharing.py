@@ -27,7 +27,7 @@ import numpy as np
 from tests.helpers.project import TINY, copy_project, run, set_params
 
 IMAGE = "data/raw/scenes/Flicker8k_Dataset/scene_00000.jpg"
-RELEASE_FILES = {"model.keras", "vocab.json", "meta.json", "decoding.json", "README.md"}
+RELEASE_FILES = {"model.keras", "vocab.json", "meta.json", "decoding.json", "README.md", "ngrams.npz"}
 
 
 def model_weights(path: Path) -> list[np.ndarray]:
