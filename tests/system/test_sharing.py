@@ -101,7 +101,8 @@ def test_team_workflow_in_readme_order(tmp_path: Path) -> None:
     alice_eval = json.loads((alice / "metrics/eval.json").read_text())
     alice_weights = model_weights(alice / "data/model/model.keras")
     lr2_decoding = json.loads((alice / "data/release/decoding.json").read_text())
-    assert lr2_decoding == {"beam_width": 2, "length_penalty": 0.0, "block_repeat_ngram": 0, "max_length": 40}
+    assert lr2_decoding == {"beam_width": 2, "length_penalty": 0.0, "block_repeat_ngram": 0, "max_length": 40,
+                            "rerank": "beam", "consensus_weights": "uniform"}
     run(["dvc", "exp", "run", "--queue", "-n", "lr2-greedy", "-S", "evaluate.beam_width=1"], alice)
     run_queue(alice)
     log = run(["dvc", "queue", "logs", "lr2-greedy"], alice)
