@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import extract, inference, report, repro, run_all, scaling, stream, train_vs_seed
+from benchmarks import extract, inference, precision, report, repro, run_all, scaling, stream, train_vs_seed
 from captioner.datasets.scenes import generate_scenes
 
 
@@ -109,3 +109,20 @@ def test_quick_coco_scale_writes_its_keys_and_a_grid_feature_file(bench_dir: Pat
     assert sorted(ids) == sorted(images["image_id"]) and len(ids) == 200
     assert all(i.startswith(("COCO_train2014_", "COCO_val2014_")) for i in ids)
     assert json.loads((work / "coco" / "raw" / "dataset_coco.json").read_text())["images"][0]["sentences"]
+
+
+def test_precision_benchmark_times_each_precision_on_a_projects_features(workspace, tmp_path: Path) -> None:
+    """benchmarks/precision.py on the reproduced tiny workspace (read only): one row per precision,
+    the full epoch extrapolated from the timed batches, and bfloat16 really used (same seed and
+    batches, so only the arithmetic differs: close losses, not equal ones)."""
+    rows = precision.main(["--project", str(workspace.path), "--batches", "2", "--json", str(tmp_path / "p.json")])
+    assert [(r["kind"], r["precision"]) for r in rows] == [("merge", "float32"), ("merge", "mixed_bfloat16")]
+    for r in rows:
+        assert r["batches_timed"] == 2 and r["s_per_batch"] > 0
+        assert r["epoch_s"] >= r["s_per_batch"] * 2 * 0.99  # the tiny epoch has more than 2 batches
+    f32, bf16 = rows
+    assert bf16["train_loss"] != f32["train_loss"] and abs(bf16["train_loss"] - f32["train_loss"]) < 0.2
+    assert bf16["speedup_vs_float32"] == pytest.approx(f32["s_per_batch"] / bf16["s_per_batch"], rel=0.02)
+    assert json.loads((tmp_path / "p.json").read_text())["rows"] == rows
+    with pytest.raises(SystemExit):  # pooled features: no attention member
+        precision.main(["--project", str(workspace.path), "--kinds", "attention"])

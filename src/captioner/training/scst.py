@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -284,6 +284,45 @@ def ensemble_dev_cider(models: Sequence[keras.Model], features: np.ndarray, rows
     return float(reward.scorer.score([c.words for c in caps], np.arange(len(caps)), reward.refs).mean())
 
 
+def _finished(models: Sequence[keras.Model], states: Sequence[MemberState], log) -> dict:
+    """The result of a run killed while its final weights were saved, the members set to their
+    final weights (a member not saved as finished yet: its best weights, the same ones)."""
+    for model, s in zip(models, states, strict=True):
+        if not s.done:
+            model.set_weights(list(s.arrays["best"]))
+            continue
+        for v, x in zip(model.variables, s.arrays["final"], strict=True):
+            v.assign(x)
+    result = next(s for s in states if s.done).meta["result"]
+    log(f"scst: finished before (best epoch {result['best_epoch']})")
+    return result
+
+
+def _resumed(models: Sequence[keras.Model], trainers: Sequence[ScstTrainer],
+             states: Sequence[MemberState | None], fresh: Callable[[int], dict]) -> tuple[dict, list, list, list]:
+    """A killed run's (selection state, member histories, best weights, epoch each member was saved
+    at), its trainers restored from the checkpoints `states` (None: a member not saved yet, which
+    starts afresh with `fresh(member)` as its history)."""
+    saved = [s for s in states if s is not None]
+    if len(saved) == len(states):  # the oldest holds the selection state of the last full epoch
+        shared = min(saved, key=lambda s: s.epoch).meta["ensemble"]
+    else:  # killed while the first epoch's checkpoints were written: epoch 1 runs again
+        xe = saved[0].meta["ensemble"]
+        shared = {"history": xe["history"][:1], "xe": xe["xe"], "best": xe["xe"], "best_epoch": 0, "stale": 0}
+    histories, best_weights, done_epochs = [], [], []
+    for m, (trainer, s) in enumerate(zip(trainers, states)):
+        if s is None:
+            histories.append(fresh(m))
+            best_weights.append(models[m].get_weights())
+            done_epochs.append(0)
+            continue
+        trainer.restore(s.arrays, s.meta["trainer"])
+        histories.append(s.meta["history"])
+        best_weights.append(list(s.arrays["best"]))
+        done_epochs.append(s.epoch)
+    return shared, histories, best_weights, done_epochs
+
+
 def finetune(
     models: Sequence[keras.Model],
     features: np.ndarray,
@@ -328,33 +367,10 @@ def finetune(
         return {"member": m, "epochs": [{"epoch": 0, "dev_cider": round(cider, 5)}]}
 
     saved = [s for s in states if s is not None]
-    finished = [s for s in saved if s.done]
-    if finished:  # killed while the final weights were saved: the others' best weights are the same
-        for model, s in zip(models, states, strict=True):
-            if not s.done:
-                model.set_weights(list(s.arrays["best"]))
-                continue
-            for v, x in zip(model.variables, s.arrays["final"], strict=True):
-                v.assign(x)
-        log(f"scst: finished before (best epoch {finished[0].meta['result']['best_epoch']})")
-        return finished[0].meta["result"]
+    if any(s.done for s in saved):
+        return _finished(models, states, log)
     if saved:
-        if len(saved) == len(states):  # the oldest holds the selection state of the last full epoch
-            shared = min(saved, key=lambda s: s.epoch).meta["ensemble"]
-        else:  # killed while the first epoch's checkpoints were written: epoch 1 runs again
-            xe = saved[0].meta["ensemble"]
-            shared = {"history": xe["history"][:1], "xe": xe["xe"], "best": xe["xe"], "best_epoch": 0, "stale": 0}
-        histories, best_weights, done_epochs = [], [], []
-        for m, (trainer, s) in enumerate(zip(trainers, states)):
-            if s is None:
-                histories.append(greedy_start(m))
-                best_weights.append(models[m].get_weights())
-                done_epochs.append(0)
-                continue
-            trainer.restore(s.arrays, s.meta["trainer"])
-            histories.append(s.meta["history"])
-            best_weights.append(list(s.arrays["best"]))
-            done_epochs.append(s.epoch)
+        shared, histories, best_weights, done_epochs = _resumed(models, trainers, states, greedy_start)
         log(f"scst: resumes at epoch {len(shared['history'])} of {epochs}")
     else:
         histories = [greedy_start(m) for m in range(len(models))]
@@ -363,7 +379,7 @@ def finetune(
                   "stale": 0}
         best_weights = [model.get_weights() for model in models]
         done_epochs = [0] * len(models)
-        log(f"scst: ensemble dev CIDEr-D {first:.4f} after cross-entropy (beam {select.beam_width}); member greedy "
+        log(f"scst: ensemble dev CIDEr-D {round(first, 5):.4f} after cross-entropy (beam {select.beam_width}); member greedy "
             + ", ".join(f"{h['epochs'][0]['dev_cider']:.4f}" for h in histories))
     epoch = len(shared["history"]) - 1
     while epoch < epochs and shared["stale"] < patience:
