@@ -64,9 +64,7 @@ def train_members(
     refs = [fit.remote(cwd, job, data_ref, threads, verbose) for job in jobs]
     results = [(_rebuilt(job, weights), result) for job, (weights, result) in zip(jobs, ray.get(refs))]
     if member0_callbacks and results:
-        callbacks = member0_callbacks()
-        history = results[0][1].history
-        for cb in callbacks:
-            for epoch in range(len(history["loss"])):
-                cb.on_epoch_end(epoch, {k: v[epoch] for k, v in history.items()})
+        from captioner.training.fit import replay_epochs
+
+        replay_epochs(member0_callbacks(), results[0][1].history)
     return results

@@ -14,7 +14,7 @@ engine can run members elsewhere: see captioner.engines).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,9 +187,7 @@ def fit(
             saved = state.meta["history"]
             initial_epoch = epochs if state.meta["stop_training"] else state.epoch
             shuffle.resume(state.epoch, state.meta["shuffle"])
-            for cb in callbacks:  # the epochs already run, as if they had run here (curves)
-                for e in range(state.epoch):
-                    cb.on_epoch_end(e, {k: v[e] for k, v in saved.items()})
+            replay_epochs(callbacks, saved, state.epoch)  # the epochs already run (curves)
         keeper = [EpochCheckpoint(folder, member, shuffle, stop, plateau, state)]
     hist = model.fit(
         train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
@@ -351,6 +349,15 @@ def compiled_member(job: MemberJob, replicas: int = 1) -> keras.Model:
     return model
 
 
+def replay_epochs(callbacks: Sequence[keras.callbacks.Callback], history: Mapping[str, Sequence[float]],
+                  epochs: int | None = None) -> None:
+    """Give `callbacks` the first `epochs` (default: all) epochs of a fit's `history` as if they had
+    run here: a resumed fit's earlier epochs, a finished member's, a remote member's (curves)."""
+    for e in range(len(history["loss"]) if epochs is None else epochs):
+        for cb in callbacks:
+            cb.on_epoch_end(e, {k: v[e] for k, v in history.items()})
+
+
 def train_member(
     job: MemberJob, data: TrainData, callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int | str = 2,
@@ -363,9 +370,7 @@ def train_member(
     folder = CheckpointFolder(Path(job.checkpoints), "train") if job.checkpoints else None
     if folder is not None and (done := finished_member(job, folder)) is not None:
         model, result = done
-        for cb in callbacks or []:  # its epochs, as if they had run here (curves)
-            for e in range(result.epochs_run):
-                cb.on_epoch_end(e, {k: v[e] for k, v in result.history.items()})
+        replay_epochs(callbacks or [], result.history, result.epochs_run)  # its epochs (curves)
         return done
     keras.utils.set_random_seed(job.seed)
     strategy = distribution(job.devices)
