@@ -176,7 +176,8 @@ def _subsets(args, config, models, feats, vocab, refs, image_ids, views) -> list
             decoder = StepDecoder([models[i] for i in members], views and [views[i] for i in members])
             caps = generate_captions(decoder, feats, vocab, config, args.batch_size, progress=False)
             bleu = score(refs, image_ids, [c.words for c in caps])
-            rows.append({"size": k, "members": list(members), **bleu})
+            rows.append({"size": k, "members": list(members), **bleu,
+                         "mean_words": round(float(np.mean([len(c.words) for c in caps])), 2)})
             hyps.append([c.words for c in caps])
             print(f"{k:>4} {','.join(map(str, members)):<16} " + " ".join(f"{bleu[b]:6.3f}" for b in sorted(bleu)),
                   flush=True)

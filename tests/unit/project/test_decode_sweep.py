@@ -63,6 +63,7 @@ def test_subsets_decode_every_sub_ensemble(project: Path, capsys: pytest.Capture
     assert [r["members"] for r in rows] == [[0], [1], [2], [0, 1], [0, 2], [1, 2], [0, 1, 2]]
     # The same model three times: every sub-ensemble decodes the same captions.
     assert len({round(r["bleu4"], 9) for r in rows}) == 1
+    assert len({r["mean_words"] for r in rows}) == 1 and 1 <= rows[0]["mean_words"] <= 3  # "a <colour> thing"
     assert "size 3 bleu1: mean" in capsys.readouterr().out
 
 
