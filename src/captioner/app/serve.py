@@ -468,12 +468,16 @@ def create_app(cap: Captioner | Callable[[], Captioner], config: DecodingConfig 
         log.error("%s %s: %s: %s", request.method, request.url.path, type(e).__name__, e)
         return error_response("internal", f"{type(e).__name__}: the service could not caption this image")
 
+    def not_ready() -> str | None:
+        """Why the service cannot caption yet (None: it can)."""
+        if state["ready"] and batcher() is not None:
+            return None
+        return f"the model failed to load ({state['failed']})" if state["failed"] else "the model is loading"
+
     def ready_batcher() -> Batcher:
-        b = batcher()
-        if not state["ready"] or b is None:
-            why = f"the model failed to load ({state['failed']})" if state["failed"] else "the model is loading"
+        if (why := not_ready()) is not None:
             raise BadInput("not_ready", why)
-        return b
+        return batcher()
 
     def status() -> dict[str, Any]:
         c, b = state.get("cap"), batcher()
@@ -514,10 +518,9 @@ def create_app(cap: Captioner | Callable[[], Captioner], config: DecodingConfig 
              responses={503: {"description": "loading, failed or busy (a problem; Retry-After)"}})
     async def readyz() -> Response:
         body = status()
-        b = batcher()
-        if not state["ready"] or b is None:
-            why = f"the model failed to load ({state['failed']})" if state["failed"] else "the model is loading"
+        if (why := not_ready()) is not None:
             return error_response("not_ready", why, retry_after=settings.retry_after_s)
+        b = batcher()
         if b.depth >= settings.max_queue:
             return error_response("busy", f"{b.depth} images are waiting (limit {settings.max_queue})",
                                   retry_after=settings.retry_after_s)
