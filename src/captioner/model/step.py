@@ -123,7 +123,10 @@ class StepDecoder:
     `views` lets members read different features (say, different backbones): member i reads
     columns `views[i] = (start, stop)` of the features given, which are then the members'
     own features side by side. A merge member whose view is a whole number of times its
-    feature width reads it as a region grid and averages it.
+    feature width reads it as a region grid and averages it. Attention members over views may
+    attend over different grids (EfficientNet-Lite0's 7x7 with Lite1's 8x8): all of them choose
+    the words, and the attention weights `step` returns are those of the members on the first
+    attention member's grid (`regions`), averaged.
     """
 
     def __init__(self, models: keras.Model | Sequence[keras.Model],
@@ -160,7 +163,7 @@ class StepDecoder:
     def _init_views(self, models: list[keras.Model], views: list[tuple[int, int]]) -> None:
         if len(views) != len(models):
             raise ValueError(f"{len(views)} feature views for {len(models)} ensemble members")
-        self._views, self._members, vocabs, regions = views, [], set(), set()
+        self._views, self._members, vocabs, regions = views, [], set(), []
         for i, (m, (a, b)) in enumerate(zip(models, views)):
             dim, vocab = model_signature(m)
             vocabs.add(vocab)
@@ -168,7 +171,7 @@ class StepDecoder:
                 raise ValueError(f"member {i}: feature view ({a}, {b}) is empty or negative")
             if model_kind(m) == ATTENTION and b - a == dim:
                 self._members.append(_Attention(m))
-                regions.add(self._members[-1].regions)
+                regions.append(self._members[-1].regions)
             elif model_kind(m) != ATTENTION and (b - a) % dim == 0:
                 self._members.append(_Merge(m, (b - a) // dim if b - a > dim else 0))
             else:
@@ -176,9 +179,7 @@ class StepDecoder:
                                  f"a feature view of width {b - a}")
         if len(vocabs) > 1:
             raise ValueError(f"ensemble members disagree on the vocabulary size: {sorted(vocabs)}")
-        if len(regions) > 1:
-            raise ValueError(f"ensemble members attend over different region counts: {sorted(regions)}")
-        self.regions = regions.pop() if regions else 0
+        self.regions = regions[0] if regions else 0  # the attention map's grid: the first attention member's
         self._compile(None)  # any width: a sub-ensemble may read only some of the columns given
 
     def _compile(self, dim: int | None) -> None:
@@ -219,7 +220,7 @@ class StepDecoder:
             logps.append(logp)
             hs.append(h2)
             cs.append(c2)
-            if alpha is not None:
+            if alpha is not None and m.regions == self.regions:  # the map's grid only
                 alphas.append(alpha)
         n = float(len(logps))
         logp = logps[0] if n == 1 else tf.reduce_logsumexp(tf.stack(logps), axis=0) - tf.math.log(n)

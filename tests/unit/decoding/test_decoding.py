@@ -304,3 +304,32 @@ def test_a_merge_member_averages_a_grid_view_and_bad_views_are_refused(toy, toy_
         StepDecoder([toy["model"]], views=[(1, 8)])
     with pytest.raises(ValueError, match="2 feature views for 1"):
         StepDecoder([toy["model"]], views=[(0, 8), (8, 16)])
+
+
+def test_attention_members_on_different_grids_share_the_words_not_the_map(toy_attention) -> None:
+    """Over views, attention members may attend over different grids (Lite0's 7x7 with Lite1's
+    8x8): both choose the words (their probabilities averaged) and the attention weights are
+    the first member's grid's."""
+    from captioner.model.build import build_attention_model
+    from tests.helpers.toy import TOY_CHANNELS, TOY_REGIONS
+
+    att, vocab = toy_attention["model"], toy_attention["vocab"]
+    import keras
+
+    keras.utils.set_random_seed(5)
+    finer = build_attention_model(len(vocab), 9, TOY_CHANNELS, 16, 32, 16, 0.1, 0.1)  # a 3x3 grid
+    grid = toy_attention["feats"][:4].astype(np.float32)
+    nine = np.random.default_rng(6).normal(size=(4, 9 * TOY_CHANNELS)).astype(np.float32)
+    width = TOY_REGIONS * TOY_CHANNELS
+    both = StepDecoder([att, finer], views=[(0, width), (width, width + 9 * TOY_CHANNELS)])
+    assert both.regions == TOY_REGIONS
+    words = np.full(4, vocab.index[START], np.int32)
+    img, h, c = both.start(np.hstack([grid, nine]))
+    logp, _, _, alpha = both.step(img, words, h, c)
+    singles = []
+    for dec, x in ((StepDecoder(att), grid), (StepDecoder(finer), nine)):
+        img, h, c = dec.start(x)
+        singles.append(dec.step(img, words, h, c))
+    np.testing.assert_allclose(np.exp(logp), np.mean([np.exp(s[0]) for s in singles], axis=0), atol=1e-6)
+    np.testing.assert_allclose(alpha, singles[0][3], atol=1e-6)
+    assert alpha.shape == (4, TOY_REGIONS)
