@@ -29,7 +29,7 @@ from captioner.training.checkpoint import CheckpointFolder, MemberState
 
 __all__ = [
     "CurveLogger", "EpochCheckpoint", "FitResult", "compiled_member", "finished_member", "GlobalTokenLoss", "MemberJob", "TrainData", "compile_model", "distribution", "dtype_policy",
-    "fit", "float32_copy", "masked_accuracy", "masked_nll", "smoothed_masked_loss", "train_member",
+    "fit", "float32_copy", "masked_accuracy", "masked_nll", "replay_epochs", "smoothed_masked_loss", "train_member",
 ]
 
 
